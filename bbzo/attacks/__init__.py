@@ -1,0 +1,1 @@
+"""SECA prompt attacks (coming)."""

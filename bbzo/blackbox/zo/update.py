@@ -1,0 +1,107 @@
+"""Update rules: gradient transforms that turn an estimate into the step direction.
+
+``minimize`` applies ``x ← x − lr · g`` to whatever the chain returns, so an update rule is just
+the last module of a chain. The named methods are chains:
+
+| method | chain tail | extra memory |
+| --- | --- | --- |
+| ``zo-sgd`` | (nothing) | none |
+| ``zo-momentum`` | ``momentum(0.9)`` | one d-vector |
+| ``zo-sign-sgd`` | ``sign()`` | none |
+| ``zo-adam`` | ``adam()`` | two d-vectors (erodes ZO's memory advantage at model scale) |
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from bbzo.blackbox.zo.transforms import Module
+from bbzo.errors import InputError
+
+
+def _unit_interval(name: str, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise InputError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class Momentum(Module):
+    """Heavy-ball momentum: m ← β m + g; returns m (or g + β m with ``nesterov``).
+
+    Extra queries: none. Memory: one d-vector.
+    """
+
+    def __init__(self, beta: float = 0.9, nesterov: bool = False) -> None:
+        self.beta = _unit_interval("beta", beta)
+        self.nesterov = nesterov
+
+    def init(self, x):
+        return torch.zeros_like(x)
+
+    def gradient(self, g, state, ctx):
+        m = self.beta * state + g
+        return (g + self.beta * m if self.nesterov else m), m
+
+
+class Sign(Module):
+    """ZO-signSGD: the elementwise sign of the estimate. Extra queries: none. Memory: none."""
+
+    def gradient(self, g, state, ctx):
+        return torch.sign(g), state
+
+
+class AdamState(NamedTuple):
+    m: torch.Tensor
+    v: torch.Tensor
+    t: int
+
+
+class Adam(Module):
+    """Adam on the estimate (bias-corrected moments). Extra queries: none. Memory: 2 d-vectors."""
+
+    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        self.b1 = _unit_interval("b1", b1)
+        self.b2 = _unit_interval("b2", b2)
+        if not eps > 0:
+            raise InputError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def init(self, x):
+        return AdamState(torch.zeros_like(x), torch.zeros_like(x), 0)
+
+    def gradient(self, g, state, ctx):
+        t = state.t + 1
+        m = self.b1 * state.m + (1 - self.b1) * g
+        v = self.b2 * state.v + (1 - self.b2) * g * g
+        m_hat = m / (1 - self.b1 ** t)
+        v_hat = v / (1 - self.b2 ** t)
+        return m_hat / (v_hat.sqrt() + self.eps), AdamState(m, v, t)
+
+
+def momentum(beta: float = 0.9, nesterov: bool = False) -> Momentum:
+    return Momentum(beta, nesterov)
+
+
+def sign() -> Sign:
+    return Sign()
+
+
+def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Adam:
+    return Adam(b1, b2, eps)
+
+
+METHODS = {
+    "zo-sgd": lambda: (),
+    "zo-momentum": lambda: (momentum(),),
+    "zo-sign-sgd": lambda: (sign(),),
+    "zo-adam": lambda: (adam(),),
+}
+
+
+def method_tail(method: str) -> tuple[Module, ...]:
+    """The update-rule modules that make the named method."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[method]()

@@ -1,0 +1,42 @@
+"""The exceptions bbzo raises. Every one carries a single readable line for the user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BbzoError(Exception):
+    """Base class of every error bbzo raises on purpose."""
+
+
+class InputError(BbzoError, ValueError):
+    """A caller passed something bbzo cannot use; the message says what and how to fix it."""
+
+
+class ObjectiveError(BbzoError):
+    """The black-box objective misbehaved: wrong output shape, NaN or inf."""
+
+
+class TargetError(BbzoError):
+    """A model target could not be loaded or answered with an unrecoverable error."""
+
+
+class BudgetExceeded(BbzoError):
+    """A query budget would be exceeded by the next batch; nothing over the limit was sent.
+
+    Attributes:
+        best_x: best point evaluated so far (same type as the user's input), or None.
+        best_fun: objective value at ``best_x`` (float), or None.
+        nqueries: queries spent when the limit was hit.
+    """
+
+    def __init__(self, message: str, *, best_x: Any = None, best_fun: float | None = None,
+                 nqueries: int = 0) -> None:
+        super().__init__(message)
+        self.best_x = best_x
+        self.best_fun = best_fun
+        self.nqueries = nqueries
+
+
+class PrivacyBudgetExceeded(BbzoError):
+    """A differential-privacy budget (epsilon, delta) would be exceeded."""

@@ -50,7 +50,7 @@ class Budget:
         return not self._overrun(queries, tokens, cost)
 
     def reserve(self, queries: int = 0, tokens: int = 0, cost: float = 0.0) -> None:
-        """Spend ``queries``/``tokens``/``cost`` now, or raise ``BudgetExceeded`` spending nothing."""
+        """Spend ``queries``/``tokens``/``cost`` now, or raise ``BudgetExceeded`` spending none."""
         with self._lock:
             over = self._overrun(queries, tokens, cost)
             if over:

@@ -108,24 +108,24 @@ class Chain(Module):
 
     def directions(self, u, state, ctx):
         new = []
-        for m, s in zip(self.modules, state):
+        for m, s in zip(self.modules, state, strict=True):
             u, s = m.directions(u, s, ctx)
             new.append(s)
         return u, tuple(new)
 
     def observe(self, probe, state, ctx):
-        return tuple(m.observe(probe, s, ctx) for m, s in zip(self.modules, state))
+        return tuple(m.observe(probe, s, ctx) for m, s in zip(self.modules, state, strict=True))
 
     def scalars(self, s, state, ctx):
         new = []
-        for m, st in zip(self.modules, state):
+        for m, st in zip(self.modules, state, strict=True):
             s, st = m.scalars(s, st, ctx)
             new.append(st)
         return s, tuple(new)
 
     def gradient(self, g, state, ctx):
         new = []
-        for m, s in zip(self.modules, state):
+        for m, s in zip(self.modules, state, strict=True):
             g, s = m.gradient(g, s, ctx)
             new.append(s)
         return g, tuple(new)

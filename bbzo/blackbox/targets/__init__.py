@@ -1,0 +1,1 @@
+"""Targets: the models bbzo queries (local transformers, OpenAI-compatible APIs, classifiers)."""

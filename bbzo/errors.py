@@ -40,3 +40,32 @@ class BudgetExceeded(BbzoError):
 
 class PrivacyBudgetExceeded(BbzoError):
     """A differential-privacy budget (epsilon, delta) would be exceeded."""
+
+
+class TransientError(TargetError):
+    """A target failure worth retrying: HTTP 408/409/429/5xx, a timeout, a dropped connection.
+
+    Targets raise it; the query layer's retry policy catches it.
+
+    Attributes:
+        status: HTTP status code, or None for timeouts and connection errors.
+        retry_after: seconds the server asked us to wait (``Retry-After``), or None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(TargetError):
+    """A target failure that retrying cannot fix (HTTP 400/401/403/404...): fail at once.
+
+    Attributes:
+        status: HTTP status code, or None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

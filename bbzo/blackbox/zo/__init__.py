@@ -3,12 +3,39 @@ seeded in-place perturbation of torch modules, population search."""
 
 from bbzo.blackbox.zo.estimators import CGE, RGE, Estimator, RankEstimator, make_estimator
 from bbzo.blackbox.zo.minimize import OptimizeResult, estimate_gradient, minimize
+from bbzo.blackbox.zo.modules import (
+    MODULES,
+    antithetic,
+    blockwise,
+    clip_scalars,
+    hizoo,
+    history_subspace,
+    low_rank,
+    magnitude_mask,
+    make_module,
+    orthogonal,
+    random_mask,
+)
 from bbzo.blackbox.zo.objective import Objective
+from bbzo.blackbox.zo.population import (
+    AskTell,
+    EvolutionStrategy,
+    GeneticAlgorithm,
+    centered_ranks,
+    gaussian_mutation,
+    population_minimize,
+    resample_mutation,
+    row_crossover,
+    uniform_crossover,
+)
 from bbzo.blackbox.zo.transforms import Chain, Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import adam, momentum, sign
 
 __all__ = [
-    "CGE", "RGE", "Chain", "Context", "Estimator", "Module", "Objective", "OptimizeResult",
-    "Probe", "RankEstimator", "adam", "chain", "estimate_gradient", "make_estimator", "minimize",
-    "momentum", "sign",
+    "CGE", "MODULES", "RGE", "AskTell", "Chain", "Context", "Estimator", "EvolutionStrategy",
+    "GeneticAlgorithm", "Module", "Objective", "OptimizeResult", "Probe", "RankEstimator", "adam",
+    "antithetic", "blockwise", "centered_ranks", "chain", "clip_scalars", "estimate_gradient",
+    "gaussian_mutation", "hizoo", "history_subspace", "low_rank", "magnitude_mask", "make_estimator",
+    "make_module", "minimize", "momentum", "orthogonal", "population_minimize", "random_mask",
+    "resample_mutation", "row_crossover", "sign", "uniform_crossover",
 ]

@@ -54,9 +54,6 @@ class Estimator:
 
     mu: float
 
-    def queries_per_step(self, d: int, module: Module) -> int:
-        raise NotImplementedError
-
     def estimate(self, objective: Batched, x: torch.Tensor, module: Module, state: Any,
                  ctx: Context) -> tuple[torch.Tensor, Any, Probe]:
         raise NotImplementedError
@@ -85,12 +82,6 @@ class RGE(Estimator):
         self.distribution = distribution
         self.difference = _difference(difference)
 
-    def queries_per_step(self, d: int, module: Module) -> int:
-        # Modules may change the number of directions (antithetic doubles it); count the
-        # nominal q here and let the objective count the truth.
-        if self.difference == "central":
-            return 2 * self.q + int(module.needs_center)
-        return self.q + 1
 
     def estimate(self, objective, x, module, state, ctx):
         d = x.numel()
@@ -135,9 +126,6 @@ class CGE(Estimator):
         self.difference = _difference(difference)
         self.block = None if block is None else _positive_int("block", block)
 
-    def queries_per_step(self, d: int, module: Module) -> int:
-        b = d if self.block is None else min(self.block, d)
-        return 2 * b if self.difference == "central" else b + 1
 
     def estimate(self, objective, x, module, state, ctx):
         if module.shapes_directions:
@@ -193,8 +181,6 @@ class RankEstimator(Estimator):
         self.distribution = distribution
         self.ranker = ranker
 
-    def queries_per_step(self, d: int, module: Module) -> int:
-        return self.m
 
     def estimate(self, objective, x, module, state, ctx):
         u = sample_directions(self.distribution, self.m, x.numel(), ctx.generator, x.dtype,

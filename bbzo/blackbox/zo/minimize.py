@@ -15,6 +15,10 @@ from bbzo.blackbox.zo.transforms import Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import method_tail
 from bbzo.errors import BudgetExceeded, InputError
 
+# Automatic step size: grow by this factor on every new best iterate, halve on a blow-up.
+LR_GROWTH = 1.01
+LR_BACKOFF = 0.5
+
 
 @dataclass
 class OptimizeResult:
@@ -108,8 +112,9 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
         q: directions per step (RGE) or points ranked per step (rank). Default 10.
         mu: smoothing radius; default 1e-3 (RGE, rank), 1e-4 (CGE).
         lr: step size. None chooses it automatically: a backtracking line search along the
-            first estimate (at most 30 queries) sets it, and it is halved, returning to the best
-            iterate, whenever the loss estimate rises far above the best one.
+            first estimate (at most 30 queries) sets it; it then grows 1% with every new best
+            loss estimate and is halved, returning to the best iterate, whenever the loss
+            estimate rises far above the best one (a "bold driver" rule). A number fixes it.
         modules: a module or a sequence of modules (``bbzo.blackbox.zo.modules``), applied
             before the method's update rule.
         budget: a ``Budget`` or a maximum number of queries; never exceeded.
@@ -152,9 +157,10 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
                     lr_value = 0.5 * _line_search(objective, x, g, loss) or 1e-3
                 if loss < best_iterate[1]:
                     best_iterate = (x.clone(), loss, state)
+                    lr_value *= LR_GROWTH
                 elif loss > best_iterate[1] + 0.25 * abs(f_start - best_iterate[1]) + 1e-12:
                     x, state = best_iterate[0].clone(), best_iterate[2]
-                    lr_value *= 0.5
+                    lr_value *= LR_BACKOFF
                     nit += 1
                     history.append(_record(nit, objective, loss, lr_value))
                     continue

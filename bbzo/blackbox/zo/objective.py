@@ -85,7 +85,7 @@ class Objective:
         self.nqueries += n
         self.ncalls += 1
         arg = X.detach().cpu().numpy() if self.numpy_io else X
-        y = self._validate(self.fun(arg), n)
+        y = check_values(self.fun(arg), n, dtype=self.dtype, device=self.device)
         i = int(torch.argmin(y))
         if float(y[i]) < self.best_fun:
             self.best_fun = float(y[i])
@@ -98,20 +98,25 @@ class Objective:
             return None
         return x.detach().cpu().numpy() if self.numpy_io else x.detach().clone()
 
-    def _validate(self, y: Any, n: int) -> torch.Tensor:
-        try:
-            t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
-        except (TypeError, ValueError) as err:
-            raise ObjectiveError(f"objective returned something that is not an array: {err}") \
-                from None
-        if t.shape == (n, 1):
-            t = t.reshape(n)
-        if t.shape != (n,):
-            raise ObjectiveError(f"objective must return shape ({n},) for a batch of {n} points, "
-                                 f"got {tuple(t.shape)}; write fun(X) to return one value per row")
-        t = t.to(device=self.device, dtype=self.dtype)
-        if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise ObjectiveError(f"objective returned NaN or inf for {bad} of {n} points; "
-                                 f"bound the loss or lower mu/lr")
-        return t
+
+def check_values(y: Any, n: int, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Check what an objective returned for a batch of ``n`` points: shape (n,) or (n, 1), all
+    finite. Returns a (n,) tensor of ``dtype`` on ``device``; raises ``ObjectiveError`` otherwise.
+    """
+    try:
+        t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    except (TypeError, ValueError) as err:
+        raise ObjectiveError(f"objective returned something that is not an array: {err}") \
+            from None
+    if t.shape == (n, 1):
+        t = t.reshape(n)
+    if t.shape != (n,):
+        raise ObjectiveError(f"objective must return shape ({n},) for a batch of {n} points, "
+                             f"got {tuple(t.shape)}; write fun(X) to return one value per row")
+    t = t.to(device=device, dtype=dtype)
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ObjectiveError(f"objective returned NaN or inf for {bad} of {n} points; "
+                             f"bound the loss or lower mu/lr")
+    return t

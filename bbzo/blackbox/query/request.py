@@ -8,9 +8,9 @@ Kinds of request (a target declares which it supports in ``capabilities``):
 
 | kind | payload | output |
 | --- | --- | --- |
-| ``chat`` | ``messages`` (OpenAI format) | ``{"text", "logprobs"?: [{token, logprob, top: {tok: lp}}]}`` |
-| ``letter_logprobs`` | ``prompt`` or ``messages``, ``letters`` | ``{"logprobs": {letter: lp}, "coverage": {letter: bool}}`` |
-| ``option_loglik`` | ``prompt``, ``options`` | ``{"loglik": [float per option], "ntokens": [int]}`` |
+| ``chat`` | ``messages`` (OpenAI format) | ``{"text", "logprobs"?}`` (per-token, with top-k) |
+| ``letter_logprobs`` | ``prompt``/``messages``, ``letters`` | ``{"logprobs", "coverage"}`` by letter |
+| ``option_loglik`` | ``prompt``, ``options`` | ``{"loglik": [float], "ntokens": [int]}`` |
 | ``generate`` | ``prompt`` or ``messages`` | ``{"text"}`` |
 | ``embed`` | ``texts`` | ``{"embeddings": [[float]]}`` |
 | ``classify`` | ``inputs`` (nested lists) | ``{"probs": [[float]]}`` |

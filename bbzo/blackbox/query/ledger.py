@@ -1,0 +1,293 @@
+"""The ledger: one SQLite file per run holding every request and its answer.
+
+One row per canonical request key (``Request.key(target.id)``). A row goes ``pending`` (written
+before the request is sent, so an audit can see what was in flight when a run died) and then
+``ok`` (the answer, committed before it is handed back) or ``error`` (kept for the record, never
+served as an answer: a failed request is sent again on resume). Repeated queries are answered
+from ``ok`` rows at no cost and counted in the ``hits`` column.
+
+Durability: WAL journal with ``synchronous=FULL``. A commit is in the WAL file before
+``commit()`` returns, so a process killed with SIGKILL right after keeps it; FULL also fsyncs
+each commit so a power cut cannot lose it either.
+
+Secrets: every text written passes a guard that redacts OpenAI/Hugging Face style keys,
+bearer tokens and the values of environment variables named like ``*API_KEY*``, ``*_TOKEN``,
+``*SECRET*``, ``*PASSWORD*``, so an API key echoed in an error message never reaches the file.
+
+Thread-safe: one connection behind a lock (the query layer writes from worker threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bbzo.blackbox.query.request import Request, Response, Usage
+from bbzo.errors import InputError, TargetError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    key TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    request TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'error')),
+    response TEXT,
+    error TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    latency_s REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    hits INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+_SECRET_PATTERNS = re.compile(
+    r"sk-[A-Za-z0-9_\-]{16,}"            # OpenAI-style keys (sk-..., sk-proj-...)
+    r"|hf_[A-Za-z0-9]{20,}"              # Hugging Face tokens
+    r"|(?<=Bearer )[A-Za-z0-9._~+/\-]{8,}=*")  # bearer tokens in echoed headers
+_SECRET_ENV = re.compile(r"API_?KEY|SECRET|PASSWORD|(^|_)TOKEN$", re.IGNORECASE)
+_REDACTED = "[REDACTED]"
+
+
+def redact(text: str) -> tuple[str, int]:
+    """``text`` with secrets replaced by ``[REDACTED]``, and how many were replaced."""
+    count = 0
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name) and len(value) >= 8:
+            for form in {value, json.dumps(value)[1:-1]}:
+                count += text.count(form)
+                text = text.replace(form, _REDACTED)
+    text, n = _SECRET_PATTERNS.subn(_REDACTED, text)
+    return text, count + n
+
+
+def _percentile(ordered: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of sorted values (``p`` in (0, 1]); None if empty."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+@dataclass
+class LedgerSummary:
+    """What a ledger holds (for ``bbzo ledger show``).
+
+    Attributes:
+        requests: distinct requests recorded.
+        answered / errors / pending: rows by status; ``pending`` were sent but never answered
+            (the run died mid-call; they may have been charged).
+        cache_hits: answers served from the ledger without contacting the target.
+        attempts: target calls over all requests, retries included.
+        prompt_tokens / completion_tokens: tokens of answered requests.
+        cost: US dollars of answered requests.
+        latency_p50_s / latency_p90_s / latency_p99_s: call wall time of answered requests.
+        kinds: request kind -> number of requests.
+        recent_errors: up to 5 distinct recent error messages.
+    """
+
+    requests: int = 0
+    answered: int = 0
+    errors: int = 0
+    pending: int = 0
+    cache_hits: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency_p50_s: float | None = None
+    latency_p90_s: float | None = None
+    latency_p99_s: float | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    recent_errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Ledger:
+    """A run's SQLite record of requests and answers.
+
+    Args:
+        path: the SQLite file (created with its parent folder if missing).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.redactions = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise InputError(f"ledger {self.path} has schema v{version}; this bbzo reads "
+                                 f"v{SCHEMA_VERSION}: upgrade bbzo")
+            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as err:
+            raise InputError(f"{self.path} is not a usable bbzo ledger: {err}") from None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One committed transaction, under the lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def answers(self, keys: list[str]) -> dict[str, Response]:
+        """Stored answers (``ok`` rows) for ``keys``, marked cached and free."""
+        found: dict[str, Response] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, response FROM queries WHERE status = 'ok' AND key IN ({marks})",
+                    chunk)
+                for key, text in rows:
+                    data = json.loads(text)
+                    found[key] = Response(output=data["output"], meta=data["meta"], cached=True)
+        return found
+
+    def note_hits(self, counts: Mapping[str, int]) -> None:
+        """Count answers served from the ledger (key -> times served)."""
+        with self._write():
+            self._db.executemany("UPDATE queries SET hits = hits + ? WHERE key = ?",
+                                 [(n, key) for key, n in counts.items()])
+
+    def begin(self, target_id: str, items: list[tuple[str, Request]]) -> None:
+        """Write ``pending`` rows for requests about to be sent (committed on return)."""
+        now = time.time()
+        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()), now,
+                 now) for key, request in items]
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO queries (key, target, kind, request, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT(key) DO UPDATE SET"
+                " status = 'pending', updated_at = excluded.updated_at WHERE status != 'ok'", rows)
+
+    def record(self, target_id: str, items: list[tuple[str, Request, Response]],
+               attempts: int) -> list[Response]:
+        """Commit answers (``ok`` rows); return them as a resumed run would read them back."""
+        now = time.time()
+        rows, out = [], []
+        for key, request, response in items:
+            try:
+                text = json.dumps({"output": response.output, "meta": response.meta},
+                                  ensure_ascii=False)
+            except (TypeError, ValueError) as err:
+                raise TargetError(f"target {target_id} returned an answer that is not JSON data "
+                                  f"({err}); targets must return lists, dicts, str and numbers"
+                                  ) from None
+            text = self._clean(text)
+            data = json.loads(text)
+            usage = response.usage
+            rows.append((key, self._clean(target_id), request.kind,
+                         self._clean(request.to_json()), text, usage.prompt_tokens,
+                         usage.completion_tokens, response.cost, response.latency_s, attempts,
+                         now, now))
+            out.append(Response(output=data["output"], usage=Usage(usage.prompt_tokens,
+                                                                   usage.completion_tokens),
+                                cost=response.cost, latency_s=response.latency_s,
+                                meta=data["meta"]))
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO queries (key, target, kind, request, status, response, error,"
+                " prompt_tokens, completion_tokens, cost, latency_s, attempts, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'ok', ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET status = 'ok', response = excluded.response,"
+                " error = NULL, prompt_tokens = excluded.prompt_tokens,"
+                " completion_tokens = excluded.completion_tokens, cost = excluded.cost,"
+                " latency_s = excluded.latency_s, attempts = attempts + excluded.attempts,"
+                " updated_at = excluded.updated_at", rows)
+        return out
+
+    def record_error(self, target_id: str, items: list[tuple[str, Request]], error: str,
+                     attempts: int) -> None:
+        """Record requests that failed for good (not answers: a resume sends them again).
+        A row already ``ok`` keeps its answer."""
+        now = time.time()
+        error = self._clean(error)
+        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
+                 error, attempts, now, now) for key, request in items]
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO queries (key, target, kind, request, status, error, attempts,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'error', ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET status = 'error', error = excluded.error,"
+                " attempts = attempts + excluded.attempts, updated_at = excluded.updated_at"
+                " WHERE status != 'ok'", rows)
+
+    def summary(self) -> LedgerSummary:
+        """Counts, tokens, cost and latency percentiles over the whole ledger."""
+        with self._lock:
+            db = self._db
+            out = LedgerSummary()
+            for status, n in db.execute("SELECT status, COUNT(*) FROM queries GROUP BY status"):
+                setattr(out, {"ok": "answered", "error": "errors", "pending": "pending"}[status],
+                        n)
+            out.requests = out.answered + out.errors + out.pending
+            hits, attempts = db.execute(
+                "SELECT COALESCE(SUM(hits), 0), COALESCE(SUM(attempts), 0) FROM queries"
+            ).fetchone()
+            out.cache_hits, out.attempts = hits, attempts
+            pt, ct, cost = db.execute(
+                "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+                " COALESCE(SUM(cost), 0.0) FROM queries WHERE status = 'ok'").fetchone()
+            out.prompt_tokens, out.completion_tokens, out.cost = pt, ct, cost
+            latencies = [row[0] for row in db.execute(
+                "SELECT latency_s FROM queries WHERE status = 'ok' AND latency_s IS NOT NULL"
+                " ORDER BY latency_s")]
+            out.kinds = dict(db.execute("SELECT kind, COUNT(*) FROM queries GROUP BY kind"
+                                        " ORDER BY kind"))
+            out.recent_errors = [row[0] for row in db.execute(
+                "SELECT error FROM queries WHERE status = 'error' GROUP BY error"
+                " ORDER BY MAX(updated_at) DESC LIMIT 5")]
+        out.latency_p50_s = _percentile(latencies, 0.50)
+        out.latency_p90_s = _percentile(latencies, 0.90)
+        out.latency_p99_s = _percentile(latencies, 0.99)
+        return out
+
+    def _clean(self, text: str) -> str:
+        clean, n = redact(text)
+        if n:
+            if not self.redactions:
+                log.warning("ledger %s: redacted %d secret-looking string(s) before writing",
+                            self.path, n)
+            self.redactions += n
+        return clean

@@ -9,7 +9,7 @@ Kinds of request (a target declares which it supports in ``capabilities``):
 | kind | payload | output |
 | --- | --- | --- |
 | ``chat`` | ``messages`` (OpenAI format) | ``{"text", "logprobs"?}`` (per-token, with top-k) |
-| ``letter_logprobs`` | ``prompt``/``messages``, ``letters`` | ``{"logprobs", "coverage"}`` by letter |
+| ``letter_logprobs`` | ``prompt``/``messages``, ``letters`` | ``{"logprobs", "coverage"}`` |
 | ``option_loglik`` | ``prompt``, ``options`` | ``{"loglik": [float], "ntokens": [int]}`` |
 | ``generate`` | ``prompt`` or ``messages`` | ``{"text"}`` |
 | ``embed`` | ``texts`` | ``{"embeddings": [[float]]}`` |

@@ -1,1 +1,1 @@
-"""bbzo.cli."""
+"""The ``bbzo`` command line; the entry point is ``bbzo.cli.main:main``."""

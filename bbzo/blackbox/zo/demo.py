@@ -28,10 +28,11 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("zo-sgd", "cge"), ("zo-adam", "rank"),
 )
 MIN_BUDGET = 100
+DEFAULT_BUDGET = 20_000
 CURVE_POINTS = 200
 
 
-def run_demo(out: str | os.PathLike | RunFolder, *, seed: int = 0, budget: int = 20_000,
+def run_demo(out: str | os.PathLike | RunFolder, *, seed: int = 0, budget: int = DEFAULT_BUDGET,
              resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Minimise every standard problem with every demo method and write the run folder.
 

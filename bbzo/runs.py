@@ -1,0 +1,260 @@
+"""Run folders: everything a run leaves behind, written so that a crash loses at most one record.
+
+A run folder holds ``config.json`` (options, seed, library versions, platform), result files
+(JSONL appended one record at a time, flushed and fsynced) and ``summary.json``. JSON files are
+written atomically (temporary file in the same folder, then ``os.replace``), so a reader never
+sees half a file. Values under keys that look like secrets (``api_key``, ``password``, ...) are
+replaced by ``"<redacted>"`` before anything reaches the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bbzo.errors import InputError
+
+REDACTED = "<redacted>"
+LIBRARIES = ("bbzo", "torch", "transformers", "sentence-transformers", "numpy", "scipy",
+             "scikit-learn", "openai", "click", "rich", "matplotlib")
+
+_SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|credential|private_?key|access_?key|"
+                         r"cookie|authorization|^auth$|(^|_)(auth_?)?token$", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|Bearer\s+\S+)$")
+
+
+def _is_secret_key(key: Any) -> bool:
+    return bool(_SECRET_KEY.search(str(key).lstrip("-").replace("-", "_")))
+
+
+def redact(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts/lists) with secret-looking keys and values masked."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if _is_secret_key(k) else redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and _SECRET_VALUE.match(obj):
+        return REDACTED
+    return obj
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the values of secret-looking options (``--api-key X``) masked."""
+    out: list[str] = []
+    previous = ""
+    for arg in argv:
+        flag, eq, _ = arg.partition("=")
+        if previous.startswith("-") and "=" not in previous and _is_secret_key(previous):
+            out.append(REDACTED)
+        elif eq and flag.startswith("-") and _is_secret_key(flag):
+            out.append(f"{flag}={REDACTED}")
+        else:
+            out.append(redact(arg))
+        previous = arg
+    return out
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of Python and bbzo's main libraries (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info() -> dict[str, str | int | bool]:
+    """The compute device torch would use: CUDA GPU name, Apple MPS, or CPU with thread count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0),
+                "gpus": torch.cuda.device_count()}
+    if torch.backends.mps.is_available():
+        return {"device": "mps", "name": "Apple GPU"}
+    return {"device": "cpu", "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1}
+
+
+def _to_json(obj: Any, *, indent: int | None) -> str:
+    try:
+        return json.dumps(redact(obj), indent=indent, allow_nan=True, default=_default)
+    except TypeError as err:
+        raise InputError(f"cannot store this value as JSON: {err}") from None
+
+
+def _default(value: Any) -> Any:
+    """numpy scalars/arrays and paths → plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunFolder:
+    """A run's output folder.
+
+    Args:
+        path: folder to create (parents too) or, with ``resume``, to continue.
+        resume: allow a folder that already holds files; without it a non-empty folder is refused
+            so that one run never overwrites another.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"run folder {self.path} is a file; choose a folder for --out")
+        if self.path.is_dir() and any(self.path.iterdir()) and not resume:
+            raise InputError(f"run folder {self.path} is not empty; pass --resume to continue "
+                             f"that run or choose a new --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for leftover in self.path.glob(".*.tmp"):
+            leftover.unlink()
+        self.resumed = resume and (self.path / "config.json").exists()
+        for log in self.path.glob("*.jsonl"):
+            _drop_torn_tail(log)
+
+    def file(self, name: str) -> Path:
+        """Path of a file in the folder (``name`` must be a plain file name)."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise InputError(f"run file name must be a plain file name, got {name!r}")
+        return self.path / name
+
+    @contextlib.contextmanager
+    def atomic(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path to write; on success it replaces ``name`` in one step.
+
+        On error the temporary file is removed and ``name`` keeps its old content.
+        """
+        target = self.file(name)
+        tmp = self.path / f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # honours umask
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.path)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as indented JSON, atomically, secrets redacted."""
+        text = _to_json(obj, indent=2) + "\n"
+        with self.atomic(name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        return self.file(name)
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.file(name).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{self.file(name)} is not valid JSON ({err}); delete it or use a "
+                             f"new --out") from None
+
+    def write_config(self, options: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Record the run's options and seed with library versions, platform and time.
+
+        On resume the stored options and seed must match (the run would not be one run
+        otherwise); the time of the resume is added to ``resumed_at``.
+        """
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        stored = {"options": json.loads(_to_json(options, indent=None)), "seed": seed}
+        path = self.file("config.json")
+        if path.exists():
+            config = self.read_json("config.json")
+            old = {"options": config.get("options"), "seed": config.get("seed")}
+            if old != stored:
+                changed = _differences(old, stored)
+                raise InputError(f"run folder {self.path} was started with other settings "
+                                 f"({changed}); use the same options or a new --out")
+            config["resumed_at"] = [*config.get("resumed_at", []), now]
+        else:
+            config = {**stored, "versions": library_versions(), "device": device_info(),
+                      "platform": platform.platform(), "argv": redact_argv(sys.argv),
+                      "created_at": now}
+        self.write_json("config.json", config)
+        return config
+
+    def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        """Append one record as a line, flushed and fsynced before returning."""
+        line = _to_json(record, indent=None)
+        with open(self.file(name), "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        """All records of a JSONL file ([] when it does not exist yet)."""
+        path = self.file(name)
+        if not path.exists():
+            return []
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise InputError(f"{path}:{lineno} is not valid JSON; repair or delete "
+                                     f"that line") from None
+        return records
+
+    def write_summary(self, obj: dict[str, Any]) -> Path:
+        return self.write_json("summary.json", obj)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left half-written by a crash (no trailing newline)."""
+    with open(path, "r+b") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    """Readable list of the keys whose values differ, e.g. ``seed: 0 → 1``."""
+    parts = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            parts.extend([inner] if inner else [])
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return ", ".join(parts)
+
+
+def as_run_folder(out: str | os.PathLike | RunFolder, *, resume: bool = False) -> RunFolder:
+    """Accept a ``RunFolder`` or open one at a path."""
+    return out if isinstance(out, RunFolder) else RunFolder(out, resume=resume)

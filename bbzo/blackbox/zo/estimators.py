@@ -21,32 +21,11 @@ import torch
 
 from bbzo.blackbox.zo.directions import DISTRIBUTIONS, sample_directions
 from bbzo.blackbox.zo.transforms import Context, Module, Probe
+from bbzo.checks import int_at_least, one_of, positive
 from bbzo.errors import InputError
 
 Batched = Callable[[torch.Tensor], torch.Tensor]  # (n, d) -> (n,)
 Ranker = Callable[[torch.Tensor], torch.Tensor]   # (m, d) -> (m,) indices, best first
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_float(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive number, got {value!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return v
-
-
-def _difference(value: str) -> str:
-    if value not in ("forward", "central"):
-        raise InputError(f"difference must be 'forward' or 'central', got {value!r}")
-    return value
 
 
 class Estimator:
@@ -74,13 +53,10 @@ class RGE(Estimator):
 
     def __init__(self, q: int = 10, mu: float = 1e-3, distribution: str = "gaussian",
                  difference: str = "central") -> None:
-        self.q = _positive_int("q", q)
-        self.mu = _positive_float("mu", mu)
-        if distribution not in DISTRIBUTIONS:
-            raise InputError(f"unknown distribution {distribution!r}; choose one of "
-                             f"{', '.join(DISTRIBUTIONS)}")
-        self.distribution = distribution
-        self.difference = _difference(difference)
+        self.q = int_at_least("q", q)
+        self.mu = positive("mu", mu)
+        self.distribution = one_of("distribution", distribution, DISTRIBUTIONS)
+        self.difference = one_of("difference", difference, ("forward", "central"))
 
 
     def estimate(self, objective, x, module, state, ctx):
@@ -122,9 +98,9 @@ class CGE(Estimator):
 
     def __init__(self, mu: float = 1e-4, difference: str = "forward",
                  block: int | None = None) -> None:
-        self.mu = _positive_float("mu", mu)
-        self.difference = _difference(difference)
-        self.block = None if block is None else _positive_int("block", block)
+        self.mu = positive("mu", mu)
+        self.difference = one_of("difference", difference, ("forward", "central"))
+        self.block = None if block is None else int_at_least("block", block)
 
 
     def estimate(self, objective, x, module, state, ctx):
@@ -171,14 +147,11 @@ class RankEstimator(Estimator):
 
     def __init__(self, m: int = 10, mu: float = 1e-3, distribution: str = "gaussian",
                  ranker: Ranker | None = None) -> None:
-        if _positive_int("m", m) < 2:
+        if int_at_least("m", m) < 2:
             raise InputError("the rank estimator needs m >= 2 points to order")
         self.m = m
-        self.mu = _positive_float("mu", mu)
-        if distribution not in DISTRIBUTIONS:
-            raise InputError(f"unknown distribution {distribution!r}; choose one of "
-                             f"{', '.join(DISTRIBUTIONS)}")
-        self.distribution = distribution
+        self.mu = positive("mu", mu)
+        self.distribution = one_of("distribution", distribution, DISTRIBUTIONS)
         self.ranker = ranker
 
 

@@ -13,6 +13,7 @@ from bbzo.blackbox.zo.estimators import Estimator, make_estimator
 from bbzo.blackbox.zo.objective import Objective, as_vector
 from bbzo.blackbox.zo.transforms import Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import method_tail
+from bbzo.checks import int_at_least, positive
 from bbzo.errors import BudgetExceeded, InputError
 
 # Automatic step size: grow by this factor on every new best iterate, halve on a blow-up.
@@ -68,19 +69,6 @@ def _probe_loss(probe: Probe) -> torch.Tensor:
     return values.mean()
 
 
-def _check_lr(lr: float | None) -> float | None:
-    if lr is None:
-        return None
-    try:
-        value = float(lr)
-    except (TypeError, ValueError):
-        raise InputError(f"lr must be a positive number or None (automatic), got {lr!r}") \
-            from None
-    if not value > 0 or value == float("inf"):
-        raise InputError(f"lr must be a positive finite number or None (automatic), got {lr!r}")
-    return value
-
-
 def _line_search(objective: Objective, x: torch.Tensor, direction: torch.Tensor,
                  f0: float, max_trials: int = 30) -> float:
     """Largest t = t0 / 2^k with f(x − t·direction) < f0, starting where the step moves x by
@@ -129,13 +117,12 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
     objective = Objective(fun, x, numpy_io=numpy_io, budget=budget)
     est = make_estimator(estimator, q=q, mu=mu)
     module = _modules(method, modules)
-    lr_value = _check_lr(lr)
+    lr_value = None if lr is None else positive("lr", lr)
     auto_lr = lr_value is None
     if maxiter is None and objective.budget.max_queries is None:
         maxiter = 1000
-    if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, int)
-                                or maxiter < 1):
-        raise InputError(f"maxiter must be a positive integer, got {maxiter!r}")
+    if maxiter is not None:
+        maxiter = int_at_least("maxiter", maxiter)
     if callback is not None and not callable(callback):
         raise InputError("callback must be callable as callback(info_dict)")
 

@@ -31,22 +31,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from bbzo.blackbox.zo.estimators import _positive_float, _positive_int
 from bbzo.blackbox.zo.transforms import Context, Module, Probe
+from bbzo.checks import fraction, int_at_least, one_of, positive
 from bbzo.errors import InputError
-
-
-def _fraction(name: str, value: Any) -> float:
-    v = _positive_float(name, value)
-    if v > 1.0:
-        raise InputError(f"{name} must be a fraction in (0, 1], got {value!r}")
-    return v
-
-
-def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
-    return value
 
 
 def _independent(scale: torch.Tensor) -> torch.Tensor:
@@ -165,8 +152,8 @@ class RandomMask(_Mask):
     """
 
     def __init__(self, density: float, every: int = 1) -> None:
-        self.density = _fraction("density", density)
-        self.every = _positive_int("every", every)
+        self.density = fraction("density", density)
+        self.every = int_at_least("every", every)
 
     def _draw(self, previous, ctx):
         d = ctx.x.numel()
@@ -182,9 +169,9 @@ class MagnitudeMask(_Mask):
     """
 
     def __init__(self, density: float, keep: str = "small", every: int = 1) -> None:
-        self.density = _fraction("density", density)
-        self.keep = _choice("keep", keep, ("small", "large"))
-        self.every = _positive_int("every", every)
+        self.density = fraction("density", density)
+        self.keep = one_of("keep", keep, ("small", "large"))
+        self.every = int_at_least("every", every)
 
     def _draw(self, previous, ctx):
         d = ctx.x.numel()
@@ -206,14 +193,14 @@ class Blockwise(_Redrawn):
 
     def __init__(self, sizes: int | Sequence[int], order: str = "cyclic", every: int = 1) -> None:
         if isinstance(sizes, Sequence) and not isinstance(sizes, str):
-            self.sizes: int | tuple[int, ...] = tuple(_positive_int("each block size", s)
+            self.sizes: int | tuple[int, ...] = tuple(int_at_least("each block size", s)
                                                       for s in sizes)
             if not self.sizes:
                 raise InputError("blockwise() needs at least one block size")
         else:
-            self.sizes = _positive_int("sizes", sizes)
-        self.order = _choice("order", order, ("cyclic", "random"))
-        self.every = _positive_int("every", every)
+            self.sizes = int_at_least("sizes", sizes)
+        self.order = one_of("order", order, ("cyclic", "random"))
+        self.every = int_at_least("every", every)
 
     def _bounds(self, d: int) -> list[tuple[int, int]]:
         if isinstance(self.sizes, int):
@@ -252,7 +239,7 @@ def _shapes(shape: Sequence[int] | Sequence[Sequence[int]]) -> tuple[tuple[int, 
     for s in shape:
         if not isinstance(s, Sequence) or not s:
             raise InputError(f"each shape must be a non-empty tuple of ints, got {s!r}")
-        dims = [_positive_int("each shape dimension", v) for v in s]
+        dims = [int_at_least("each shape dimension", v) for v in s]
         out.append(tuple(dims) if len(dims) <= 2 else (dims[0], math.prod(dims[1:])))
     return tuple(out)
 
@@ -270,8 +257,8 @@ class LowRank(_Redrawn):
     def __init__(self, shape: Sequence[int] | Sequence[Sequence[int]], rank: int = 4,
                  refresh: int = 100) -> None:
         self.shapes = _shapes(shape)
-        self.rank = _positive_int("rank", rank)
-        self.every = _positive_int("refresh", refresh)
+        self.rank = int_at_least("rank", rank)
+        self.every = int_at_least("refresh", refresh)
 
     def init(self, x):
         total = sum(math.prod(s) for s in self.shapes)
@@ -322,7 +309,7 @@ class HistorySubspace(Module):
     """
 
     def __init__(self, k: int = 8) -> None:
-        self.k = _positive_int("k", k)
+        self.k = int_at_least("k", k)
 
     def init(self, x):
         return x.new_zeros(0, x.numel())
@@ -368,8 +355,8 @@ class Hizoo(Module):
     shapes_directions = True
 
     def __init__(self, alpha: float = 1e-3, eps: float = 1e-8) -> None:
-        self.alpha = _fraction("alpha", alpha)
-        self.eps = _positive_float("eps", eps)
+        self.alpha = fraction("alpha", alpha)
+        self.eps = positive("eps", eps)
 
     def init(self, x):
         return HizooState(torch.ones_like(x), None)
@@ -400,7 +387,7 @@ class ClipScalars(Module):
     """
 
     def __init__(self, threshold: float) -> None:
-        self.threshold = _positive_float("threshold", threshold)
+        self.threshold = positive("threshold", threshold)
 
     def scalars(self, s, state, ctx):
         return s.clamp(-self.threshold, self.threshold), state

@@ -23,26 +23,11 @@ from bbzo.blackbox.zo.minimize import OptimizeResult
 from bbzo.blackbox.zo.objective import as_vector, check_values
 from bbzo.blackbox.zo.transforms import Context, Module, chain
 from bbzo.blackbox.zo.update import METHODS, method_tail
+from bbzo.checks import int_at_least, positive
 from bbzo.errors import BudgetExceeded, InputError
 
 Mutation = Callable[[Any, np.random.Generator], Any]
 Crossover = Callable[[Any, Any, np.random.Generator], Any]
-
-
-def _int_at_least(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive number, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return number
 
 
 class AskTell(ABC):
@@ -165,8 +150,8 @@ class GeneticAlgorithm(AskTell):
                  crossover: Crossover | None = None, crossover_rate: float = 0.5,
                  seed: int = 0) -> None:
         super().__init__()
-        self.population_size = _int_at_least("population_size", population_size, 2)
-        self.elite_size = _int_at_least("elite_size", elite_size, 1)
+        self.population_size = int_at_least("population_size", population_size, 2)
+        self.elite_size = int_at_least("elite_size", elite_size, 1)
         if self.elite_size >= self.population_size:
             raise InputError(f"elite_size ({elite_size}) must be smaller than population_size "
                              f"({population_size}) so that each generation has children")
@@ -302,9 +287,9 @@ class EvolutionStrategy(AskTell):
                  evaluate_mean: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.mean, self.numpy_io = as_vector(x0)
-        self.sigma = _positive("sigma", sigma)
-        self.lr = _positive("lr", lr)
-        self.population_size = _int_at_least("population_size", population_size, 2)
+        self.sigma = positive("sigma", sigma)
+        self.lr = positive("lr", lr)
+        self.population_size = int_at_least("population_size", population_size, 2)
         if self.population_size % 2:
             raise InputError(f"population_size must be even for antithetic pairs, got "
                              f"{population_size}; use {population_size + 1}")
@@ -408,7 +393,7 @@ def population_minimize(fun: Callable[[Any], Any], optimizer: AskTell, *,
     if generations is None and budget.max_queries is None:
         generations = 1000
     if generations is not None:
-        generations = _int_at_least("generations", generations, 1)
+        generations = int_at_least("generations", generations, 1)
     lr = float(getattr(optimizer, "lr", 0.0))
     history: list[dict] = []
     nqueries, nit = 0, 0
@@ -469,7 +454,7 @@ def gaussian_mutation(sigma: float, *, low: float | None = None,
 
     Works on numpy arrays and torch tensors of any shape.
     """
-    sigma = _positive("sigma", sigma)
+    sigma = positive("sigma", sigma)
 
     def mutate(parent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         child = parent + sigma * rng.standard_normal(parent.shape)
@@ -495,7 +480,7 @@ def resample_mutation(domain_sizes: int | Sequence[int], *, entries: int | None 
         raise InputError(f"domain_sizes must be positive integers, got {domain_sizes!r}")
     if entries is not None and rows is not None:
         raise InputError("give either entries or rows to resample_mutation, not both")
-    count = _int_at_least("rows" if rows is not None else "entries",
+    count = int_at_least("rows" if rows is not None else "entries",
                           rows if rows is not None else (1 if entries is None else entries), 1)
 
     def mutate(parent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -535,9 +520,9 @@ def row_crossover(rows: int = 1, *, columns: int | None = None) -> Crossover:
     first (rows along axis 0; positions drawn independently, as row order carries no meaning
     in a data set). With ``columns``, only that many random columns of those rows are copied.
     """
-    rows = _int_at_least("rows", rows, 1)
+    rows = int_at_least("rows", rows, 1)
     if columns is not None:
-        columns = _int_at_least("columns", columns, 1)
+        columns = int_at_least("columns", columns, 1)
 
     def cross(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if a.shape[1:] != b.shape[1:] or (columns is not None and a.ndim != 2):

@@ -18,13 +18,8 @@ from typing import NamedTuple
 import torch
 
 from bbzo.blackbox.zo.transforms import Module
+from bbzo.checks import positive, unit_interval
 from bbzo.errors import InputError
-
-
-def _unit_interval(name: str, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise InputError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
 
 
 class Momentum(Module):
@@ -34,7 +29,7 @@ class Momentum(Module):
     """
 
     def __init__(self, beta: float = 0.9, nesterov: bool = False) -> None:
-        self.beta = _unit_interval("beta", beta)
+        self.beta = unit_interval("beta", beta)
         self.nesterov = nesterov
 
     def init(self, x):
@@ -62,11 +57,9 @@ class Adam(Module):
     """Adam on the estimate (bias-corrected moments). Extra queries: none. Memory: 2 d-vectors."""
 
     def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
-        self.b1 = _unit_interval("b1", b1)
-        self.b2 = _unit_interval("b2", b2)
-        if not eps > 0:
-            raise InputError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        self.b1 = unit_interval("b1", b1)
+        self.b2 = unit_interval("b2", b2)
+        self.eps = positive("eps", eps)
 
     def init(self, x):
         return AdamState(torch.zeros_like(x), torch.zeros_like(x), 0)

@@ -28,6 +28,14 @@ from bbzo.blackbox.zo.population import (
     row_crossover,
     uniform_crossover,
 )
+from bbzo.blackbox.zo.seeded import (
+    SeededPerturbation,
+    SeededZO,
+    StepRecord,
+    replay,
+    seeded_normal,
+    zo_step,
+)
 from bbzo.blackbox.zo.transforms import Chain, Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import adam, momentum, sign
 
@@ -39,4 +47,5 @@ __all__ = [
     "make_estimator", "make_module", "minimize", "momentum", "orthogonal", "population_minimize",
     "random_mask",
     "resample_mutation", "row_crossover", "sign", "uniform_crossover",
+    "SeededPerturbation", "SeededZO", "StepRecord", "replay", "seeded_normal", "zo_step",
 ]

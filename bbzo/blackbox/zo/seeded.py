@@ -19,10 +19,15 @@ the parameters, in place, regenerating each zᵢ from its seed.
 
 Why not MeZO's in-place +μz, −2μz, +μz? In floating point it does not restore θ: on a tiny
 GPT-2 (float32, 39,168 parameters, μ = 1e-3) one such cycle left 18,391 elements changed
-(max |Δθ| 1.2e-7), and the drift compounds over a run, breaking replay from a (seed, scalar)
-log. A copy of θ would restore exactly but doubles the memory.
+(max |Δθ| 1.2e-7); after 100 cycles 36,914 (94%, max 1.3e-6). That drift breaks replay from a
+(seed, scalar) log. A copy of θ would restore exactly but doubles the memory.
 
-Cost of a step with q seeds: 2q forwards under ``torch.no_grad`` plus 3q regenerations of z.
+Cost of a step with q seeds: 2q forwards under ``torch.no_grad`` plus 3q regenerations of z
+(tied tensors are regenerated at each read). Peak memory is inference plus one parameter-sized
+tensor (the largest perturbed read) and a few chunk buffers: measured on a SmolLM2-135M-shaped
+Llama (fp32, 513 MiB of weights, batch 4×64, CPU) peak RSS 1179 MiB for a q = 1 step against
+1020 MiB for a forward and 1878 MiB for forward+backward. On CPU the hash runs at ~20M
+normals/s per thread, so there noise, not the forwards, dominates a step (23.7 s vs 4.7 s).
 A whole step is stored as ``StepRecord`` (q seeds, q scalars, lr, weight decay), so ``replay``
 reproduces a run's weights bit for bit from the initial weights.
 """
@@ -42,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from bbzo.checks import int_at_least, non_negative, positive
 from bbzo.errors import InputError, ObjectiveError
 
 CHUNK = 1 << 20                  # elements of noise made at once (even; divides 2**33)
@@ -69,12 +75,6 @@ def _fold(*words: int) -> int:
     for w in words:
         h = _mix(h ^ w)
     return h
-
-
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _check_seed(seed: Any) -> int:
@@ -119,23 +119,12 @@ def seeded_normal(seed: int, index: int, numel: int, *, dtype: torch.dtype = tor
     """The (numel,) N(0, 1) noise of tensor ``index`` under ``seed``; element k is F(seed,
     index, k), so a longer request extends a shorter one."""
     seed = _check_seed(seed)
-    index = _int_at_least("index", index, 0)
-    numel = _int_at_least("numel", numel, 0)
+    index = int_at_least("index", index, 0)
+    numel = int_at_least("numel", numel, 0)
     out = torch.empty(numel, dtype=dtype, device=device)
     for start, z in _normal_chunks(seed, index, numel, dtype, device):
         out[start:start + z.numel()] = z
     return out
-
-
-def _finite(name: str, value: Any, *, positive: bool) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        kind = "positive" if positive else "non-negative"
-        raise InputError(f"{name} must be a {kind} finite number, got {value!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -270,9 +259,12 @@ class SeededPerturbation:
 
     @contextmanager
     def perturbed(self, seed: int, scale: float) -> Iterator[None]:
-        """Within this block the model computes with θ + scale·z(seed); θ is not modified."""
+        """Within this block the model computes with θ + scale·z(seed) (no autograd graph
+        through the shift); θ itself is not modified."""
         seed = _check_seed(seed)
         scale = float(scale)
+        if not math.isfinite(scale):
+            raise InputError(f"scale must be a finite number, got {scale!r}")
         if self._active is not None:
             raise InputError("a perturbation is already active; perturbations do not nest")
         with self.attached():
@@ -302,8 +294,8 @@ class SeededPerturbation:
         if not seeds or len(seeds) != len(scalars):
             raise InputError(f"need as many scalars as seeds (at least one), got {len(seeds)} "
                              f"seeds and {len(scalars)} scalars")
-        lr = _finite("lr", lr, positive=False)
-        weight_decay = _finite("weight_decay", weight_decay, positive=False)
+        lr = non_negative("lr", lr)
+        weight_decay = non_negative("weight_decay", weight_decay)
         q = len(seeds)
         with torch.no_grad():
             for index, _, p in self.entries:
@@ -347,10 +339,10 @@ def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *
         weight_decay: L2 coefficient wd applied to the perturbed parameters.
     """
     pert = _as_perturbation(model)
-    mu = _finite("mu", mu, positive=True)
-    _finite("lr", lr, positive=False)
-    _finite("weight_decay", weight_decay, positive=False)
-    q = _int_at_least("q", q, 1)
+    mu = positive("mu", mu)
+    non_negative("lr", lr)
+    non_negative("weight_decay", weight_decay)
+    q = int_at_least("q", q, 1)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     seeds = tuple(int(s) for s in gen.integers(0, 1 << 32, size=q, dtype=np.uint64))
     plus, minus = [], []
@@ -374,7 +366,8 @@ def replay(model: nn.Module | SeededPerturbation, records: Sequence[StepRecord])
 
 
 class SeededZO:
-    """MeZO optimiser keeping a replayable log; saved as JSON of about 100 bytes per step.
+    """MeZO optimiser keeping a replayable log, saved as JSON (~90 bytes a step at q = 1,
+    ~30 more per extra seed).
 
     Step n draws its seeds from ``numpy.random.default_rng([seed, n])``, so a loaded run
     continues with the seeds it would have drawn. ``lr`` may be changed between steps (it is
@@ -387,10 +380,10 @@ class SeededZO:
                  weight_decay: float = 0.0, seed: int = 0,
                  include: Callable[[str, nn.Parameter], bool] | None = None) -> None:
         self.perturbation = SeededPerturbation(model, include)
-        self.lr = _finite("lr", lr, positive=False)
-        self.mu = _finite("mu", mu, positive=True)
-        self.q = _int_at_least("q", q, 1)
-        self.weight_decay = _finite("weight_decay", weight_decay, positive=False)
+        self.lr = non_negative("lr", lr)
+        self.mu = positive("mu", mu)
+        self.q = int_at_least("q", q, 1)
+        self.weight_decay = non_negative("weight_decay", weight_decay)
         self.seed = _check_seed(seed)
         self.log: list[StepRecord] = []
 

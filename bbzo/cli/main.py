@@ -17,6 +17,8 @@ from bbzo import __version__
 from bbzo.cli.console import error_line
 from bbzo.cli.demo import demo
 from bbzo.cli.info import info
+from bbzo.cli.ledger import ledger
+from bbzo.cli.models import models
 from bbzo.errors import BbzoError
 
 USAGE_EXIT = 2
@@ -81,6 +83,8 @@ def cli(debug: bool) -> None:
 
 cli.add_command(info)
 cli.add_command(demo)
+cli.add_command(models)
+cli.add_command(ledger)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

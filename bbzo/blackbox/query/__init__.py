@@ -1,1 +1,14 @@
-"""Query layer: requests, ledger, limits, retries, budgets on the way to a target."""
+"""Query layer: the one road every request takes to a target (ledger, budget, limits, retries)."""
+
+from bbzo.blackbox.query.layer import LayerStats, QueryLayer
+from bbzo.blackbox.query.ledger import Ledger, LedgerSummary
+from bbzo.blackbox.query.limits import RateLimiter, RateLimits
+from bbzo.blackbox.query.pricing import Price, PriceTable
+from bbzo.blackbox.query.request import Request, Response, Usage
+from bbzo.blackbox.query.retry import RetryPolicy, error_for_status, parse_retry_after
+
+__all__ = [
+    "LayerStats", "Ledger", "LedgerSummary", "Price", "PriceTable", "QueryLayer", "RateLimiter",
+    "RateLimits", "Request", "Response", "RetryPolicy", "Usage", "error_for_status",
+    "parse_retry_after",
+]

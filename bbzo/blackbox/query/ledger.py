@@ -98,6 +98,7 @@ class LedgerSummary:
         cost: US dollars of answered requests.
         latency_p50_s / latency_p90_s / latency_p99_s: call wall time of answered requests.
         kinds: request kind -> number of requests.
+        targets: target id -> {requests, answered, cache_hits, tokens, cost}.
         recent_errors: up to 5 distinct recent error messages.
     """
 
@@ -114,6 +115,7 @@ class LedgerSummary:
     latency_p90_s: float | None = None
     latency_p99_s: float | None = None
     kinds: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, dict] = field(default_factory=dict)
     recent_errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -275,6 +277,13 @@ class Ledger:
                 " ORDER BY latency_s")]
             out.kinds = dict(db.execute("SELECT kind, COUNT(*) FROM queries GROUP BY kind"
                                         " ORDER BY kind"))
+            out.targets = {
+                target: {"requests": n, "answered": ok, "cache_hits": hits, "tokens": tokens,
+                         "cost": cost}
+                for target, n, ok, hits, tokens, cost in db.execute(
+                    "SELECT target, COUNT(*), SUM(status = 'ok'), SUM(hits),"
+                    " SUM(prompt_tokens + completion_tokens), SUM(cost) FROM queries"
+                    " GROUP BY target ORDER BY target")}
             out.recent_errors = [row[0] for row in db.execute(
                 "SELECT error FROM queries WHERE status = 'error' GROUP BY error"
                 " ORDER BY MAX(updated_at) DESC LIMIT 5")]

@@ -1,14 +1,23 @@
-"""Query layer: the one road every request takes to a target (ledger, budget, limits, retries)."""
+"""Query layer: the one road every request takes to a target (ledger, budget, limits, retries).
 
-from bbzo.blackbox.query.layer import LayerStats, QueryLayer
-from bbzo.blackbox.query.ledger import Ledger, LedgerSummary
-from bbzo.blackbox.query.limits import RateLimiter, RateLimits
-from bbzo.blackbox.query.pricing import Price, PriceTable
-from bbzo.blackbox.query.request import Request, Response, Usage
-from bbzo.blackbox.query.retry import RetryPolicy, error_for_status, parse_retry_after
+Names are exported lazily (PEP 562): targets import ``query.request`` while the layer imports
+the target protocol, so importing everything here eagerly would be circular.
+"""
 
-__all__ = [
-    "LayerStats", "Ledger", "LedgerSummary", "Price", "PriceTable", "QueryLayer", "RateLimiter",
-    "RateLimits", "Request", "Response", "RetryPolicy", "Usage", "error_for_status",
-    "parse_retry_after",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "QueryLayer": "layer", "LayerStats": "layer", "Ledger": "ledger",
+    "LedgerSummary": "ledger", "RateLimiter": "limits", "RateLimits": "limits",
+    "Price": "pricing", "PriceTable": "pricing", "Request": "request", "Response": "request",
+    "Usage": "request", "RetryPolicy": "retry", "error_for_status": "retry",
+    "parse_retry_after": "retry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,0 +1,216 @@
+"""Classifier targets: torch factories, saved folders, and a real loopback HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from bbzo.blackbox.query.request import Request
+from bbzo.blackbox.targets.classifier import (
+    HTTPClassifier,
+    TorchClassifier,
+    check_probs,
+    load_classifier,
+    save_classifier,
+)
+from bbzo.blackbox.targets.spec import load_target
+from bbzo.errors import InputError, PermanentError, TargetError, TransientError
+
+ARCH = '''
+import torch
+
+
+def make(width=4, classes=3):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(width, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, classes))
+
+
+def make_probs():
+    return torch.nn.Sequential(make(), torch.nn.Softmax(dim=-1))
+
+
+def not_a_module():
+    return 3
+'''
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(5, 4)).round(3)
+W = RNG.normal(size=(4, 3))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classify(inputs) -> Request:
+    return Request("classify", {"inputs": np.asarray(inputs).tolist()})
+
+
+@pytest.fixture
+def arch(tmp_path):
+    path = tmp_path / "arch.py"
+    path.write_text(ARCH)
+    return path
+
+
+def probs_of(target, inputs=X) -> np.ndarray:
+    return np.array(target.call([classify(inputs)])[0].output["probs"])
+
+
+def test_torch_factory_softmaxes_logits_and_keeps_probabilities(arch):
+    logits_t = load_target(f"torch:{arch}:make", device="cpu")
+    probs_t = load_target(f"torch:{arch}:make_probs", device="cpu")
+    with torch.no_grad():
+        expected = torch.softmax(logits_t.module(torch.tensor(X, dtype=torch.float32)), -1)
+    p = probs_of(logits_t)
+    assert p.shape == (5, 3) and np.allclose(p, expected.numpy(), atol=1e-6)
+    assert np.allclose(probs_of(probs_t), p, atol=1e-6)  # 'auto' does not softmax twice
+    forced = TorchClassifier(probs_t.module, "t", outputs="logits")
+    assert not np.allclose(probs_of(forced), p, atol=1e-3)  # an explicit rule overrides 'auto'
+    assert logits_t.id == f"torch:{arch}:make"
+
+
+def test_saved_folder_round_trip(arch, tmp_path):
+    model = load_target(f"torch:{arch}:make").module
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # trained weights differ from what the factory builds
+    folder = save_classifier(model, tmp_path / "saved", f"{arch}:make",
+                             kwargs={"width": 4, "classes": 3})
+    arch.unlink()  # the folder must not depend on the original file
+    loaded = load_target(str(folder))
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor(X, dtype=torch.float32)), -1).numpy()
+    assert np.allclose(probs_of(loaded), expected, atol=1e-6)
+    assert json.loads((folder / "config.json").read_text())["factory"] == "architecture.py:make"
+
+
+def test_torchscript_folder(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    (tmp_path / "ts").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(tmp_path / "ts" / "model.pt"))
+        loaded = load_classifier(tmp_path / "ts")
+        p = probs_of(loaded)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor(X, dtype=torch.float32)), -1).numpy()
+    assert np.allclose(p, expected, atol=1e-6)
+
+
+def test_requests_batched_by_input_shape(arch):
+    t = load_target(f"torch:{arch}:make")
+    requests = [classify(X[:2]), classify(X[2:]), classify(X[:1])]
+    together = [np.array(r.output["probs"]) for r in t.call(requests)]
+    assert [len(p) for p in together] == [2, 3, 1]
+    assert np.allclose(np.concatenate(together[:2]), probs_of(t), atol=1e-6)
+
+
+@pytest.mark.parametrize("table, rows", [
+    ([[0.5, 0.5], [1.0, 0.0]], 3),            # wrong number of rows
+    ([[0.5, 0.6], [1.0, 0.0]], 2),            # a row sums to 1.1
+    ([[1.2, -0.2], [1.0, 0.0]], 2),           # negative
+    ([[float("nan"), 1.0], [1.0, 0.0]], 2),   # NaN
+    ([0.5, 0.5], 1),                          # not a table
+])
+def test_check_probs_rejects(table, rows):
+    with pytest.raises(TargetError):
+        check_probs(np.array(table), rows, "t")
+
+
+def test_module_output_validation_and_bad_inputs(arch):
+    negative = TorchClassifier(torch.nn.Linear(4, 3), "neg", outputs="probs")
+    with pytest.raises(TargetError, match="negative"):
+        negative.call([classify(X)])
+    flat = TorchClassifier(torch.nn.Flatten(0), "flat")
+    with pytest.raises(TargetError, match="shape"):
+        flat.call([classify(X)])
+    t = load_target(f"torch:{arch}:make")
+    for inputs in ([[1.0, 2.0], [3.0]], [], [1.0, 2.0], [["a", "b"]]):
+        with pytest.raises(InputError):
+            t.call([Request("classify", {"inputs": inputs})])
+    with pytest.raises(InputError):
+        load_target(f"torch:{arch}:not_a_module")
+    with pytest.raises(InputError):
+        load_target(f"torch:{arch}:missing")
+    with pytest.raises(InputError):
+        load_target(f"torch:{arch}:make", temperature=0)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """A classifier endpoint, ``softmax(x @ W)``, and misbehaving variants by path."""
+
+    posts = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        Handler.posts += 1
+        x = np.asarray(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["inputs"])
+        p = softmax(x @ W)
+        replies = {
+            "/ok": (200, {"probs": p.tolist()}),
+            "/short": (200, {"probs": p[:-1].tolist()}),
+            "/negative": (200, {"probs": (p - 0.5).tolist()}),
+            "/ragged": (200, {"probs": [[1.0], [0.5, 0.5]]}),
+            "/key": (200, {"scores": p.tolist()}),
+            "/busy": (503, {"error": "overloaded"}),
+            "/missing": (404, {"error": "no such model"}),
+        }
+        status, body = replies.get(self.path.partition("?")[0], (200, None))
+        data = b"this is not json" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_http_classifier_against_loopback_server(server):
+    t = load_target(f"{server}/ok?token=secret", timeout=5)
+    assert isinstance(t, HTTPClassifier) and t.id == f"{server}/ok"
+    assert np.allclose(probs_of(t), softmax(X @ W), atol=1e-9)
+    before = Handler.posts
+    replies = t.call([classify(X[:2]), classify(X[2:])])
+    assert Handler.posts == before + 1  # one POST carries the whole batch
+    got = np.concatenate([r.output["probs"] for r in replies])
+    assert np.allclose(got, softmax(X @ W), atol=1e-9)
+
+
+@pytest.mark.parametrize("path, error, words", [
+    ("/short", TargetError, "shape"),
+    ("/negative", TargetError, "negative"),
+    ("/ragged", TargetError, "numeric table"),
+    ("/key", TargetError, "probs"),
+    ("/garbage", TargetError, "JSON"),
+    ("/busy", TransientError, "HTTP 503"),
+    ("/missing", PermanentError, "HTTP 404"),
+])
+def test_http_classifier_bad_replies_are_clear_errors(server, path, error, words):
+    with pytest.raises(error, match=words):
+        HTTPClassifier(server + path, timeout=5).call([classify(X)])
+
+
+def test_http_unreachable_is_transient():
+    probe = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = probe.server_address[1]
+    probe.server_close()  # nothing listens on this port now
+    with pytest.raises(TransientError, match="unreachable"):
+        HTTPClassifier(f"http://127.0.0.1:{port}/ok", timeout=2).call([classify(X)])

@@ -97,3 +97,18 @@ def test_bad_arguments(kwargs, match):
 def test_budget_too_small_for_one_step():
     with pytest.raises(bbzo.BudgetExceeded, match="too small"):
         bbzo.minimize(lambda X: (X ** 2).sum(1), np.ones(3), q=10, budget=5)
+
+
+def test_external_ranker_needs_fixed_lr_and_reports_no_values():
+    target = np.arange(3.0)
+
+    def ranker(points):  # a "judge" that only orders points; no loss values leave it
+        return np.argsort(((points.numpy() - target) ** 2).sum(1))
+
+    from bbzo.blackbox.zo.estimators import RankEstimator
+    est = RankEstimator(m=6, ranker=ranker)
+    with pytest.raises(InputError, match="fixed lr"):
+        bbzo.minimize(lambda X: X.sum(1), np.zeros(3), estimator=est)
+    res = bbzo.minimize(lambda X: X.sum(1), np.zeros(3), estimator=est, lr=0.05, maxiter=300)
+    assert res.nqueries == 0 and np.isnan(res.fun) and "no loss values" in res.message
+    assert np.linalg.norm(res.x - target) < 0.3

@@ -126,10 +126,14 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
     if callback is not None and not callable(callback):
         raise InputError("callback must be callable as callback(info_dict)")
 
+    if auto_lr and getattr(est, "ranker", None) is not None:
+        raise InputError("with an external ranker there are no loss values to tune the step "
+                         "size on: pass a fixed lr")
+
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
     state = module.init(x)
     history: list[dict] = []
-    message, nit = "maximum number of iterations reached", 0
+    message, nit = "", 0
     best_iterate = (x.clone(), float("inf"), state)
     f_start: float | None = None
     try:
@@ -139,22 +143,24 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
             loss = float(_probe_loss(probe))
             if f_start is None:
                 f_start = loss
+            blew_up = False
             if auto_lr:
                 if lr_value is None:
                     lr_value = 0.5 * _line_search(objective, x, g, loss) or 1e-3
                 if loss < best_iterate[1]:
                     best_iterate = (x.clone(), loss, state)
                     lr_value *= LR_GROWTH
-                elif loss > best_iterate[1] + 0.25 * abs(f_start - best_iterate[1]) + 1e-12:
-                    x, state = best_iterate[0].clone(), best_iterate[2]
-                    lr_value *= LR_BACKOFF
-                    nit += 1
-                    history.append(_record(nit, objective, loss, lr_value))
-                    continue
-            state = new_state
-            x = x - lr_value * g
+                else:
+                    blew_up = loss > best_iterate[1] + 0.25 * abs(f_start - best_iterate[1])
+            if blew_up:  # back to the best iterate with half the step
+                x, state = best_iterate[0].clone(), best_iterate[2]
+                lr_value *= LR_BACKOFF
+            else:
+                state = new_state
+                x = x - lr_value * g
             nit += 1
-            record = _record(nit, objective, loss, lr_value)
+            record = {"nit": nit, "nqueries": objective.nqueries, "loss": loss,
+                      "best": objective.best_fun, "lr": lr_value}
             history.append(record)
             if callback is not None and callback(dict(record)):
                 message = "stopped by callback"
@@ -163,17 +169,16 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
             message = f"maximum number of iterations ({maxiter}) reached"
     except BudgetExceeded as err:
         message = str(err)
+    if objective.nqueries == 0 and nit > 0:  # an external ranker saw every point
+        return OptimizeResult(x=objective.export(x), fun=float("nan"), nqueries=0, nit=nit,
+                              history=history, message=message + "; no loss values were measured",
+                              lr=float(lr_value or 0.0))
     if objective.best_x is None:
         raise BudgetExceeded("budget too small for a single estimate: raise it or lower q",
                              nqueries=objective.nqueries)
     return OptimizeResult(x=objective.export(objective.best_x), fun=objective.best_fun,
                           nqueries=objective.nqueries, nit=nit, history=history, success=True,
                           message=message, lr=float(lr_value or 0.0))
-
-
-def _record(nit: int, objective: Objective, loss: float, lr: float | None) -> dict:
-    return {"nit": nit, "nqueries": objective.nqueries, "loss": loss,
-            "best": objective.best_fun, "lr": lr}
 
 
 def estimate_gradient(fun: Callable[[Any], Any], x: Any, *, estimator: str | Estimator = "rge",

@@ -19,6 +19,7 @@ from bbzo.cli.demo import demo
 from bbzo.cli.info import info
 from bbzo.cli.ledger import ledger
 from bbzo.cli.models import models
+from bbzo.cli.serve import serve_command
 from bbzo.errors import BbzoError
 
 USAGE_EXIT = 2
@@ -85,6 +86,7 @@ cli.add_command(info)
 cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(ledger)
+cli.add_command(serve_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

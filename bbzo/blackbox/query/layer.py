@@ -97,7 +97,6 @@ class _Job:
 
     keys: list[str]
     requests: list[Request]
-    estimate: int
     bound: int
     cost_bound: float
     began: bool = False
@@ -262,7 +261,9 @@ class QueryLayer:
         return self.prices.cost(self.model, usage) if self.target.remote else 0.0
 
     def _make_job(self, keys: list[str], requests: list[Request]) -> _Job:
-        """Size a job: the limiter's estimate and the budget's token and dollar upper bounds."""
+        """Size a job: tokens for the limiter and the budget (an upper bound when max_tokens is
+        set, so a tokens-per-minute limit holds for the real usage; else an estimate) and the
+        dollar upper bound. The limiter is corrected to the real usage after the reply."""
         bound, cost_bound = 0, 0.0
         for request in requests:
             total = token_bound(request)
@@ -271,7 +272,7 @@ class QueryLayer:
             completion = min(total, completion_bound(request) or 0)
             bound += total
             cost_bound += self._price(Usage(total - completion, completion))
-        return _Job(keys, requests, sum(token_estimate(r) for r in requests), bound, cost_bound)
+        return _Job(keys, requests, bound, cost_bound)
 
     async def _gather(self, coros: list[Coroutine[Any, Any, None]], run: _Run) -> None:
         """Run all; on the first failure cancel the rest, let sends in flight finish, raise."""
@@ -307,7 +308,7 @@ class QueryLayer:
         async def attempt(k: int) -> list[Response]:
             nonlocal tries
             async with state.semaphore:
-                slot = await self.limiter.acquire(job.estimate)
+                slot = await self.limiter.acquire(job.bound)
                 await self._reserve(job, k, state)
                 tries = k
                 send = asyncio.ensure_future(self._send(job, slot, k, state))

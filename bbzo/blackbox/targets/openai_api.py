@@ -56,6 +56,7 @@ from bbzo.blackbox.query.ledger import redact
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.query.retry import error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
+from bbzo.checks import int_at_least, positive
 from bbzo.errors import InputError, TargetError, TransientError
 
 PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "logprobs", "top_logprobs",
@@ -103,7 +104,8 @@ class OpenAITarget(Target):
 
     Args:
         model: the model name the API knows (``gpt-4o-mini``, or the name ``bbzo serve`` uses).
-        base_url: the API root (``http://127.0.0.1:8000/v1``); None: api.openai.com.
+        base_url: the API root (``http://127.0.0.1:8000/v1``); None reads ``$OPENAI_BASE_URL``,
+            and without it the client's default (api.openai.com).
         api_key: the key; None reads ``$OPENAI_API_KEY``.
         timeout_s: seconds before one HTTP call is given up (then retried by the layer).
         top_k: top logprobs asked for by ``letter_logprobs`` (1..20).
@@ -123,20 +125,16 @@ class OpenAITarget(Target):
                  fallback_samples: int = 32) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InputError("model must be the API's model name, e.g. openai:gpt-4o-mini")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
-                or not 0 < timeout_s < math.inf:
-            raise InputError(f"timeout_s must be positive seconds, got {timeout_s!r}")
+        timeout_s = positive("timeout_s", timeout_s)
         if isinstance(top_k, bool) or not isinstance(top_k, int) \
                 or not 1 <= top_k <= MAX_TOP_LOGPROBS:
             raise InputError(f"top_k must be an integer in 1..{MAX_TOP_LOGPROBS}, got {top_k!r}")
-        if isinstance(fallback_samples, bool) or not isinstance(fallback_samples, int) \
-                or fallback_samples < 1:
-            raise InputError(f"fallback_samples must be a positive integer, "
-                             f"got {fallback_samples!r}")
+        fallback_samples = int_at_least("fallback_samples", fallback_samples)
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         if not key:
             raise InputError("no API key: set OPENAI_API_KEY or pass api_key= (for a bbzo serve "
                              "without --api-key any non-empty string works)")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.model = model.strip()
         self.base_url = None if base_url is None else _safe_url(base_url)
         self.id = f"openai:{self.model}" + (f"@{self.base_url}" if base_url else "")

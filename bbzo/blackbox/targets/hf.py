@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.targets import models
@@ -157,6 +158,7 @@ class HFTarget(Target):
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         path, name = models.resolve(model, models.CAUSAL_LM)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        hf_logging.disable_progress_bar()  # bbzo draws its own progress on stderr
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(

@@ -1,1 +1,1 @@
-"""SECA prompt attacks (coming)."""
+"""Attacks on black-box models: SECA (semantically equivalent, coherent rephrasings)."""

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from bbzo import __version__
+from bbzo.cli.attack import attack
 from bbzo.cli.console import error_line
 from bbzo.cli.demo import demo
 from bbzo.cli.info import info
@@ -82,6 +83,7 @@ def cli(debug: bool) -> None:
     """
 
 
+cli.add_command(attack)
 cli.add_command(info)
 cli.add_command(demo)
 cli.add_command(models)

@@ -24,19 +24,17 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from tiny import tiny_lm, tiny_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny import tiny_lm, tiny_tokenizer  # noqa: E402
-
-from bbzo.blackbox.query.layer import QueryLayer  # noqa: E402
-from bbzo.blackbox.query.ledger import Ledger  # noqa: E402
-from bbzo.blackbox.query.limits import RateLimiter, RateLimits, token_estimate  # noqa: E402
-from bbzo.blackbox.query.request import Request  # noqa: E402
-from bbzo.blackbox.query.retry import RetryPolicy  # noqa: E402
-from bbzo.blackbox.serve import Faults, serve, start_server  # noqa: E402
-from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
-from bbzo.blackbox.targets.openai_api import OpenAITarget  # noqa: E402
-from bbzo.errors import PermanentError, TransientError  # noqa: E402
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.ledger import Ledger
+from bbzo.blackbox.query.limits import RateLimiter, RateLimits, token_estimate
+from bbzo.blackbox.query.request import Request
+from bbzo.blackbox.query.retry import RetryPolicy
+from bbzo.blackbox.serve import Faults, serve, start_server
+from bbzo.blackbox.targets.hf import HFTarget
+from bbzo.blackbox.targets.openai_api import OpenAITarget
+from bbzo.errors import PermanentError, TransientError
 
 NAME = "tiny"
 LETTERS = ["A", "B", "C", "D"]

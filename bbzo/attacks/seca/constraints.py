@@ -1,0 +1,284 @@
+"""Checks a rewrite must pass to count: same meaning, natural wording, same answer.
+
+Each constraint answers a batch of rewrites of one question with one ``Verdict`` list per
+rewrite, using one query-layer submit (or none). Aspects:
+
+- ``OptionLeak`` (answer): no option text appears in the rewrite unless the original had it;
+  no queries.
+- ``EmbeddingSimilarity`` (equivalence): cosine(original, rewrite) of unit sentence embeddings
+  is at least a threshold; one ``embed`` request per text.
+- ``PerplexityCoherence`` (coherence): perplexity under a reference LM is at most a ratio times
+  the original's; one ``option_loglik`` request per text.
+- ``LLMJudge`` (equivalence and coherence): the judge answers 1 to all five equivalence criteria
+  (mutual entailment, no added information, no omitted information, same meaning, same correct
+  answer) and to fluency; one ``chat`` request per rewrite.
+
+Cosine similarity is symmetric, so the embedding check measures both directions at once (the
+embedding stand-in for mutual entailment). A judge answer that cannot be parsed fails the
+rewrite and is flagged ``parse_failed``: counted, never silent.
+
+``Checks`` runs constraints in order, cheapest first, sending only the rewrites that passed
+every earlier constraint to the next one (an API judge is asked only about rewrites that
+already look equivalent and fluent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from bbzo.attacks.seca.questions import Question
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.request import Request
+from bbzo.checks import fraction, int_at_least, positive
+from bbzo.errors import InputError, TargetError
+
+ASPECTS = ("equivalence", "coherence", "answer")
+PERPLEXITY_PROMPT = "Question:"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check of one rewrite.
+
+    Attributes:
+        name: the check (``embedding``, ``perplexity``, ``option-leak``, ``judge-equivalence``,
+            ``judge-coherence``).
+        aspect: ``equivalence``, ``coherence`` or ``answer``.
+        passed: whether the rewrite passed.
+        score: the check's number (cosine, perplexity ratio, leaked options, judge mean), or
+            None when there is none (an unparsed judge answer).
+        detail: one readable line.
+        parse_failed: the judge's answer could not be read (the rewrite fails).
+    """
+
+    name: str
+    aspect: str
+    passed: bool
+    score: float | None
+    detail: str
+    parse_failed: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Constraint(Protocol):
+    """A check of rewrites of one question."""
+
+    name: str
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        """One list of verdicts per text, in order."""
+        ...
+
+
+class OptionLeak:
+    """Fails a rewrite that spells out an option (case-insensitive, whole words) that the
+    original question did not already contain."""
+
+    name = "option-leak"
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        patterns = [re.compile(r"(?<!\w)" + re.escape(c.lower()) + r"(?!\w)")
+                    for c in question.choices]
+        before = question.question.lower()
+        out = []
+        for text in texts:
+            lower = text.lower()
+            leaked = [c for c, p in zip(question.choices, patterns, strict=True)
+                      if p.search(lower) and not p.search(before)]
+            detail = f"mentions option(s) {leaked}" if leaked else "mentions no option"
+            out.append([Verdict(self.name, "answer", not leaked, float(len(leaked)), detail)])
+        return out
+
+
+class EmbeddingSimilarity:
+    """Cosine similarity of sentence embeddings between original and rewrite.
+
+    Args:
+        layer: query layer of an embedding target (``embed:minilm-l6``).
+        threshold: least cosine that passes, in (0, 1].
+    """
+
+    name = "embedding"
+
+    def __init__(self, layer: QueryLayer, threshold: float = 0.9) -> None:
+        self.layer = layer
+        self.threshold = fraction("similarity threshold", threshold)
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        if not texts:
+            return []
+        responses = self.layer.submit([Request("embed", {"texts": [t]})
+                                       for t in [question.question, *texts]])
+        vectors = np.array([r.output["embeddings"][0] for r in responses], dtype=float)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(norms > 0):
+            raise TargetError(f"embedding target {self.layer.target.id} returned a zero vector")
+        vectors /= norms
+        cosines = vectors[1:] @ vectors[0]
+        return [[Verdict(self.name, "equivalence", bool(c >= self.threshold), float(c),
+                         f"cosine {c:.3f} (pass at >= {self.threshold:g})")] for c in cosines]
+
+
+class PerplexityCoherence:
+    """Perplexity of the text under a reference LM, after the short prompt ``Question:``,
+    compared with the original question's.
+
+    Args:
+        layer: query layer of a causal LM that answers ``option_loglik``.
+        ratio: a rewrite passes when its perplexity is at most ``ratio`` × the original's.
+    """
+
+    name = "perplexity"
+
+    def __init__(self, layer: QueryLayer, ratio: float = 5.0) -> None:
+        if "option_loglik" not in layer.target.capabilities:
+            raise InputError(f"reference LM {layer.target.id} cannot answer option_loglik "
+                             f"requests, so it cannot measure perplexity; use a local hf: model")
+        self.layer = layer
+        self.ratio = positive("coherence ratio", ratio)
+
+    def perplexities(self, texts: Sequence[str]) -> np.ndarray:
+        """exp(-mean token log-likelihood) of each text, shape (len(texts),)."""
+        responses = self.layer.submit([Request("option_loglik", {
+            "prompt": PERPLEXITY_PROMPT, "options": [" " + t]}) for t in texts])
+        return np.array([math.exp(-r.output["loglik"][0] / max(1, r.output["ntokens"][0]))
+                         for r in responses])
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        if not texts:
+            return []
+        ppl = self.perplexities([question.question, *texts])
+        return [[Verdict(self.name, "coherence", bool(p <= self.ratio * ppl[0]),
+                         float(p / ppl[0]), f"perplexity {p:.1f} vs original {ppl[0]:.1f} "
+                                            f"(pass at <= {self.ratio:g}x)")] for p in ppl[1:]]
+
+
+CRITERIA = {
+    "mutual_entailment": "each question implies the other",
+    "no_added_information": "the rewrite adds no facts, hints or conditions",
+    "no_omitted_information": "the rewrite keeps every key fact of the original",
+    "same_meaning": "both ask for exactly the same thing",
+    "same_answer": "the correct answer to the rewrite is still {answer}",
+}
+FLUENCY = {"fluent": "the rewrite is clear, grammatical, natural English"}
+_VALUE = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+
+
+def parse_judgement(text: str) -> dict[str, int]:
+    """The 0/1 answers found in a judge's reply, by criterion name (absent when not found).
+
+    Reads the first JSON object holding any criterion; else ``name: 0/1`` pairs anywhere.
+    """
+    keys = [*CRITERIA, *FLUENCY]
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"\{", text)):
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and any(k in obj for k in keys):
+            return {k: _VALUE[str(obj[k]).lower()] for k in keys
+                    if str(obj.get(k)).lower() in _VALUE}
+    found = {}
+    for key in keys:
+        m = re.search(rf'"?{key}"?\s*[:=]\s*"?(1|0|true|false|yes|no)\b', text, re.IGNORECASE)
+        if m:
+            found[key] = _VALUE[m.group(1).lower()]
+    return found
+
+
+class LLMJudge:
+    """An LLM judge (temperature 0) asked the paper's five equivalence criteria and fluency in
+    one request per rewrite; gives a ``judge-equivalence`` and a ``judge-coherence`` verdict.
+
+    Args:
+        layer: the judge model's query layer (``chat``, else ``generate``).
+        max_tokens: most tokens of the judge's answer.
+    """
+
+    name = "judge"
+
+    def __init__(self, layer: QueryLayer, *, max_tokens: int = 128) -> None:
+        caps = layer.target.capabilities
+        self.kind = "chat" if "chat" in caps else "generate"
+        if self.kind not in caps:
+            raise InputError(f"judge {layer.target.id} answers neither chat nor generate "
+                             f"requests; choose another --judge")
+        self.layer = layer
+        self.max_tokens = int_at_least("judge max_tokens", max_tokens)
+
+    def prompt(self, question: Question, text: str) -> str:
+        """The judge's instruction for one rewrite."""
+        answer = f"{question.letters[question.answer]}. {question.choices[question.answer]}"
+        options = "; ".join(f"{x}. {c}" for x, c in zip(question.letters, question.choices,
+                                                        strict=True))
+        items = "\n".join(f"- {k}: {v.format(answer=answer)}"
+                          for k, v in {**CRITERIA, **FLUENCY}.items())
+        example = json.dumps({k: 1 for k in [*CRITERIA, *FLUENCY]})
+        return (f"Compare an original multiple-choice question with a rewritten version.\n"
+                f"Original: {question.question}\nRewritten: {text}\nOptions: {options}\n"
+                f"Correct answer of the original: {answer}\n"
+                f"Answer each item with 1 (yes) or 0 (no):\n{items}\n"
+                f"Reply with JSON only, for example {example}")
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        if not texts:
+            return []
+        params = {"temperature": 0, "max_tokens": self.max_tokens}
+        requests = []
+        for text in texts:
+            prompt = self.prompt(question, text)
+            payload = ({"messages": [{"role": "user", "content": prompt}]}
+                       if self.kind == "chat" else {"prompt": prompt})
+            requests.append(Request(self.kind, payload, params))
+        return [self._verdicts(str(r.output.get("text", "")))
+                for r in self.layer.submit(requests)]
+
+    def _verdicts(self, reply: str) -> list[Verdict]:
+        found = parse_judgement(reply)
+        unread = f"judge reply could not be parsed: {' '.join(reply.split())[:80]!r}"
+        if all(k in found for k in CRITERIA):
+            failed = [k for k in CRITERIA if not found[k]]
+            equivalence = Verdict("judge-equivalence", "equivalence", not failed,
+                                  sum(found[k] for k in CRITERIA) / len(CRITERIA),
+                                  f"failed {', '.join(failed)}" if failed else "all five met")
+        else:
+            equivalence = Verdict("judge-equivalence", "equivalence", False, None, unread, True)
+        if "fluent" in found:
+            coherence = Verdict("judge-coherence", "coherence", bool(found["fluent"]),
+                                float(found["fluent"]), "fluent" if found["fluent"]
+                                else "judged not fluent")
+        else:
+            coherence = Verdict("judge-coherence", "coherence", False, None, unread, True)
+        return [equivalence, coherence]
+
+
+class Checks:
+    """Constraints applied in order; a rewrite reaches a constraint only if it passed all
+    earlier ones, so its verdict list stops at its first failing constraint."""
+
+    name = "checks"
+
+    def __init__(self, constraints: Sequence[Constraint]) -> None:
+        self.constraints = list(constraints)
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        verdicts: list[list[Verdict]] = [[] for _ in texts]
+        alive = list(range(len(texts)))
+        for constraint in self.constraints:
+            if not alive:
+                break
+            answers = constraint.check(question, [texts[i] for i in alive])
+            for i, answer in zip(alive, answers, strict=True):
+                verdicts[i] += answer
+            alive = [i for i in alive if all(v.passed for v in verdicts[i])]
+        return verdicts

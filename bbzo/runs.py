@@ -4,7 +4,7 @@ A run folder holds ``config.json`` (options, seed, library versions, platform), 
 (JSONL appended one record at a time, flushed and fsynced) and ``summary.json``. JSON files are
 written atomically (temporary file in the same folder, then ``os.replace``), so a reader never
 sees half a file. Values under keys that look like secrets (``api_key``, ``password``, ...) are
-replaced by ``"<redacted>"`` before anything reaches the disk.
+replaced by ``"[REDACTED]"`` (``bbzo.redaction``) before anything reaches the disk.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,46 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bbzo.errors import InputError
+from bbzo.redaction import redact_argv, redact_data
 
-REDACTED = "<redacted>"
 LIBRARIES = ("bbzo", "torch", "transformers", "sentence-transformers", "numpy", "scipy",
              "scikit-learn", "openai", "click", "rich", "matplotlib")
-
-_SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|credential|private_?key|access_?key|"
-                         r"cookie|authorization|^auth$|(^|_)(auth_?)?token$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|Bearer\s+\S+)$")
-
-
-def _is_secret_key(key: Any) -> bool:
-    return bool(_SECRET_KEY.search(str(key).lstrip("-").replace("-", "_")))
-
-
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` (nested dicts/lists) with secret-looking keys and values masked."""
-    if isinstance(obj, dict):
-        return {k: REDACTED if _is_secret_key(k) else redact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and _SECRET_VALUE.match(obj):
-        return REDACTED
-    return obj
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """A command line with the values of secret-looking options (``--api-key X``) masked."""
-    out: list[str] = []
-    previous = ""
-    for arg in argv:
-        flag, eq, _ = arg.partition("=")
-        if previous.startswith("-") and "=" not in previous and _is_secret_key(previous):
-            out.append(REDACTED)
-        elif eq and flag.startswith("-") and _is_secret_key(flag):
-            out.append(f"{flag}={REDACTED}")
-        else:
-            out.append(redact(arg))
-        previous = arg
-    return out
-
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions of Python and bbzo's main libraries (None where not installed)."""
@@ -90,7 +53,7 @@ def device_info() -> dict[str, str | int | bool]:
 
 def _to_json(obj: Any, *, indent: int | None) -> str:
     try:
-        return json.dumps(redact(obj), indent=indent, allow_nan=True, default=_default)
+        return json.dumps(redact_data(obj), indent=indent, allow_nan=True, default=_default)
     except TypeError as err:
         raise InputError(f"cannot store this value as JSON: {err}") from None
 

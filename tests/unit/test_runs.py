@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from bbzo.errors import InputError
-from bbzo.runs import REDACTED, RunFolder, redact, redact_argv
+from bbzo.redaction import REDACTED, redact_argv
+from bbzo.redaction import redact_data as redact
+from bbzo.runs import RunFolder
 
 
 def leftovers(path):

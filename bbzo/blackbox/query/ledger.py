@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import sqlite3
 import threading
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.errors import InputError, TargetError
+from bbzo.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +56,6 @@ CREATE TABLE IF NOT EXISTS queries (
     updated_at REAL NOT NULL
 )
 """
-_SECRET_PATTERNS = re.compile(
-    r"sk-[A-Za-z0-9_\-]{16,}"            # OpenAI-style keys (sk-..., sk-proj-...)
-    r"|hf_[A-Za-z0-9]{20,}"              # Hugging Face tokens
-    r"|(?<=Bearer )[A-Za-z0-9._~+/\-]{8,}=*")  # bearer tokens in echoed headers
-_SECRET_ENV = re.compile(r"API_?KEY|SECRET|PASSWORD|(^|_)TOKEN$", re.IGNORECASE)
-_REDACTED = "[REDACTED]"
-
-
-def redact(text: str) -> tuple[str, int]:
-    """``text`` with secrets replaced by ``[REDACTED]``, and how many were replaced."""
-    count = 0
-    for name, value in os.environ.items():
-        if _SECRET_ENV.search(name) and len(value) >= 8:
-            for form in {value, json.dumps(value)[1:-1]}:
-                count += text.count(form)
-                text = text.replace(form, _REDACTED)
-    text, n = _SECRET_PATTERNS.subn(_REDACTED, text)
-    return text, count + n
-
-
 def _percentile(ordered: list[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted values (``p`` in (0, 1]); None if empty."""
     if not ordered:
@@ -293,7 +272,7 @@ class Ledger:
         return out
 
     def _clean(self, text: str) -> str:
-        clean, n = redact(text)
+        clean, n = redact_text(text)
         if n:
             if not self.redactions:
                 log.warning("ledger %s: redacted %d secret-looking string(s) before writing",

@@ -52,12 +52,12 @@ from typing import Any
 
 import openai
 
-from bbzo.blackbox.query.ledger import redact
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.query.retry import error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
 from bbzo.checks import int_at_least, positive
 from bbzo.errors import InputError, TargetError, TransientError
+from bbzo.redaction import REDACTED, redact_text
 
 PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "logprobs", "top_logprobs",
                     "n"})
@@ -303,7 +303,7 @@ class OpenAITarget(Target):
 
     def _scrub(self, text: str) -> str:
         """``text`` with the API key (and anything else secret-looking) removed."""
-        return redact(" ".join(text.replace(self._key, "[REDACTED]").split()))[0]
+        return redact_text(" ".join(text.replace(self._key, REDACTED).split()))[0]
 
     async def _create(self, messages: list[dict], **options: Any) -> dict:
         """One chat completion as its JSON (with at least one choice), openai's errors mapped

@@ -156,12 +156,18 @@ print(json.dumps({"mode": mode, "peak_mb": peak, "params": params}))
 """
 
 
+# Make RSS track live memory: one thread, one malloc arena, and every large block mmapped (and
+# so returned at free) instead of glibc's moving mmap threshold that keeps freed blocks.
+CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
+             "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def bench_memory(device: str) -> dict:
     out = {}
     for mode in ("inference", "zo", "adam"):
         proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, device],
                               capture_output=True, text=True, check=True,
-                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                              env={**os.environ, **CHILD_ENV})
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     inf = out["inference"]["peak_mb"]
     return {"params": out["inference"]["params"],
@@ -172,7 +178,7 @@ def bench_memory(device: str) -> dict:
 
 
 def bench_cosine(d: int, qs: list[int], trials: int) -> list[dict]:
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(987_654_321)  # not one of the estimators' seeds
     lam = 1 + 9 * torch.rand(d, generator=gen, dtype=torch.float64)
     x = torch.randn(d, generator=gen, dtype=torch.float64)
     grad = lam * x

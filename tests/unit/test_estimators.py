@@ -13,8 +13,11 @@ from bbzo.errors import InputError
 D = 1000
 
 
-def make_quadratic(d, seed=0):
-    """f(x) = ½ Σ λ_i x_i² with λ in [1, 10]; returns (fun, x, true gradient)."""
+def make_quadratic(d, seed=987_654_321):
+    """f(x) = ½ Σ λ_i x_i² with λ in [1, 10]; returns (fun, x, true gradient).
+
+    The problem's seed must differ from the estimators' seeds: torch draws the same stream for
+    the same seed, and a direction equal to x would fake a perfect estimate."""
     gen = torch.Generator().manual_seed(seed)
     lam = 1 + 9 * torch.rand(d, generator=gen, dtype=torch.float64)
     x = torch.randn(d, generator=gen, dtype=torch.float64)
@@ -39,7 +42,9 @@ def test_rge_quality_law(distribution, offset, q):
     # Central differences are exact on a quadratic, so the error is the direction noise:
     # E‖ĝ−g‖²/‖g‖² = (d + 1)/q for Gaussian u, (d − 1)/q when ‖u‖² = d exactly; the RMS cosine
     # is √(q/(q+d)) (at q = 1 the mean |cos| is √(2/(πd)), hence the RMS).
-    mse, cos = rel_mse_and_cos(distribution, q, trials=300)
+    # At q = 1 the per-trial error is ~ d·χ²₁ (relative std √2), so 1500 trials put the 12%
+    # tolerance beyond 3 standard errors; at q = 16 the spread is 4x smaller.
+    mse, cos = rel_mse_and_cos(distribution, q, trials=1500 if q == 1 else 300)
     assert mse == pytest.approx((D + offset) / q, rel=0.12)
     assert cos == pytest.approx(math.sqrt(q / (q + D)), rel=0.12)
 

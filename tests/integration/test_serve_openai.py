@@ -34,7 +34,7 @@ from bbzo.blackbox.query.retry import RetryPolicy
 from bbzo.blackbox.serve import Faults, serve, start_server
 from bbzo.blackbox.targets.hf import HFTarget
 from bbzo.blackbox.targets.openai_api import OpenAITarget
-from bbzo.errors import PermanentError, TransientError
+from bbzo.errors import InputError, PermanentError, TransientError
 
 NAME = "tiny"
 LETTERS = ["A", "B", "C", "D"]
@@ -151,6 +151,30 @@ def test_chat_logprobs_equal_local_model(served_letters, letters_dir):
         assert list(g["top"].values()) == pytest.approx(list(w["top"].values()), abs=1e-4)
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == \
         (want.usage.prompt_tokens, want.usage.completion_tokens)
+
+
+def test_stop_served_equals_local(served_letters, letters_dir):
+    local = HFTarget(str(letters_dir), device="cpu")
+    params = {"max_tokens": 12, "seed": 7, "logprobs": True, "top_logprobs": 2}
+    free = local.call([Request("chat", {"messages": QUESTION}, params)])[0].output["text"]
+    middle = len(free) // 2
+    request = Request("chat", {"messages": QUESTION}, {**params, "stop": [free[middle:middle + 2]]})
+    want = local.call([request])[0]
+    with start_server(served_letters, model_name=NAME) as server:
+        target = client(server)
+        got = QueryLayer(target).submit([request])[0]
+        with pytest.raises(InputError, match="stop"):
+            QueryLayer(target).submit([Request("chat", {"messages": QUESTION},
+                                               {**params, "stop": ["A"] * 5})])
+        target.close()
+        stats = server.stats()
+    assert want.output["finish_reason"] == "stop" and len(want.output["text"]) < middle + 1
+    assert (got.output["text"], got.output["finish_reason"]) == \
+        (want.output["text"], want.output["finish_reason"])
+    assert [t["token"] for t in got.output["logprobs"]] == \
+        [t["token"] for t in want.output["logprobs"]]
+    assert got.usage == want.usage
+    assert len(stats["completions"]) == 1  # the bad stop never left the client
 
 
 def test_without_logprobs_a_flagged_sampling_estimate(served_letters, letters_dir):
@@ -430,7 +454,9 @@ GOOD = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tok
     ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     ({"top_logprobs": 2}, 400, "top_logprobs"),
     ({"stream": True}, 400, "stream"),
-    ({"stop": ["\n"]}, 400, "stop"),
+    ({"stop": 5}, 400, "stop"),
+    ({"stop": ""}, 400, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": "gpt-4o"}, 404, "model"),
 ])
 def test_bad_inputs_answered_with_the_field_named(plain, change, status, param):

@@ -105,3 +105,17 @@ def test_bad_settings():
     chat_only = QueryLayer(ScriptedTarget(lambda r: {"text": ""}, ["chat"]))
     with pytest.raises(InputError, match="cannot answer generate requests"):
         LLMProposer(chat_only, fmt="completion")
+
+
+def test_completion_requests_end_at_the_line_end_and_chat_requests_do_not():
+    target = recording_target()
+    LLMProposer(QueryLayer(target), fmt="completion").propose(QUESTION, ["P"], 2, step=0)
+    LLMProposer(QueryLayer(target), fmt="chat").propose(QUESTION, ["P"], 1, step=0)
+    first, second, chat = target.seen
+    assert first.kind == second.kind == "generate"
+    assert first.params["stop"] == second.params["stop"] == "\n"
+    assert chat.kind == "chat" and "stop" not in chat.params
+    # The parser reads the completion's first line only once it closes the string, so cutting
+    # the answer at the newline leaves every such proposal as it was.
+    full = 'Which city is the capital?"}\n{"question": "Q", "new_question": "R"}'
+    assert parse_proposal(full.split("\n")[0], opened=True) == parse_proposal(full, opened=True)

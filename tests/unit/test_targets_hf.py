@@ -14,6 +14,7 @@ from bbzo.blackbox.query.request import Request  # noqa: E402
 from bbzo.blackbox.targets import models  # noqa: E402
 from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
 from bbzo.blackbox.targets.spec import load_target  # noqa: E402
+from bbzo.blackbox.targets.stops import StopWatch  # noqa: E402
 from bbzo.errors import InputError, TargetError  # noqa: E402
 
 PROMPT = "Question: Which option is right? A B C D\nAnswer:"
@@ -145,6 +146,73 @@ def test_tiny_top_p_is_greedy(target):
     expected = target.tokenizer.decode(greedy_by_hand(target, target.tokenizer.encode("The"), 6))
     r = Request("generate", {"prompt": "The"}, {"max_tokens": 6, "top_p": 1e-6, "seed": 5})
     assert target.call([r])[0].output["text"] == expected
+
+
+# ---- stop sequences ----------------------------------------------------------------------
+
+def stop_in(text: str, start: int) -> str:
+    """The first character of ``text`` at ``start`` or later that is not U+FFFD (the random
+    model often draws partial UTF-8 bytes)."""
+    return next(c for c in text[start:] if c != "\ufffd")
+
+
+def test_stop_ends_a_greedy_row_at_the_token_that_completes_it(target):
+    decode = target.tokenizer.decode
+    ids = greedy_by_hand(target, target.tokenizer.encode(PROMPT), 20)
+    full = decode(ids)
+    stop = stop_in(full, len(full) // 2)
+    need = next(n for n in range(1, len(ids) + 1) if stop in decode(ids[:n]))
+    r = Request("generate", {"prompt": PROMPT}, {"max_tokens": 20, "temperature": 0,
+                                                 "stop": [stop]})
+    out = target.call([r])[0]
+    assert full.find(stop) > 0  # the text before the stop is not empty
+    assert out.output == {"text": full[:full.find(stop)], "finish_reason": "stop"}
+    assert out.usage.completion_tokens == need < len(ids)
+
+
+def test_stop_only_cuts_a_sampled_draw_at_its_first_stop_string(target):
+    params = {"max_tokens": 24, "seed": 4}
+    free = target.call([Request("generate", {"prompt": "The"}, params)])[0]
+    text = free.output["text"]
+    stops = [stop_in(text, len(text) // 2), stop_in(text, 3)]
+    expected = text[:min(text.find(s) for s in stops)]
+    for stop in (stops, stops[1]):  # a list, and a single string
+        out = target.call([Request("generate", {"prompt": "The"}, {**params, "stop": stop})])[0]
+        assert out.output == {"text": expected, "finish_reason": "stop"}
+        assert out.usage.completion_tokens < free.usage.completion_tokens
+
+
+def test_stops_batched_equal_one_at_a_time(target):
+    requests = []
+    for seed, prompt in enumerate(["The", PROMPT, "Hello there", "A quick brown"]):
+        params = {"max_tokens": 24, "seed": seed, "logprobs": seed % 2 == 0}
+        text = target.call([Request("generate", {"prompt": prompt}, params)])[0].output["text"]
+        requests.append(Request("generate", {"prompt": prompt},
+                                {**params, "stop": [stop_in(text, 1 + 2 * seed)]}))
+    together = target.call(requests)  # batches of 3 and 1 (max_batch=3)
+    for r, batched in zip(requests, together, strict=True):
+        alone = target.call([r])[0]
+        assert_close(alone.output, batched.output)
+        assert alone.usage == batched.usage and batched.output["finish_reason"] == "stop"
+    assert len({b.usage.completion_tokens for b in together}) > 1  # rows ended apart
+
+
+def test_stop_watch_waits_for_whole_characters(folder):
+    tok = HFTarget(str(folder), device="cpu").tokenizer
+    ids = tok.encode("ab é\ncd é")
+    decode = tok.decode
+    assert any(decode(ids[:n]).endswith("\ufffd") for n in range(len(ids)))  # é splits
+    for stop in ("é", "\n", "d é"):
+        watch = StopWatch((stop,), decode)
+        n = next(n for n, token in enumerate(ids, 1) if watch.push(token))
+        assert stop in decode(ids[:n]) and stop not in decode(ids[:n - 1])
+        assert watch.text == decode(ids[:n])
+
+
+@pytest.mark.parametrize("stop", [5, "", [], ["a"] * 5, ["a", 3], ["a", ""], {"a": 1}])
+def test_bad_stop_is_an_input_error_naming_it(target, stop):
+    with pytest.raises(InputError, match="stop"):
+        target.call([Request("generate", {"prompt": "x"}, {"stop": stop})])
 
 
 def test_chat_logprobs_and_usage(target):

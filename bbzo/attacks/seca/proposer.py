@@ -12,7 +12,9 @@ Two prompt formats:
   question, its options and its correct answer, and a request for JSON ``{"new_question": ...}``.
 - ``completion``: for small local models, which rarely follow a chat instruction: a one-line
   instruction (verb × style), two worked examples as JSON lines, then the parent's line left
-  open at ``"new_question": "`` for the model to complete.
+  open at ``"new_question": "`` for the model to complete. The request stops at the end of
+  that line (``stop`` = newline): the model would otherwise go on writing example lines until
+  ``max_tokens``, which the parser never reads when the line closes its string.
 
 ``parse_proposal`` is tolerant, because small models break JSON: a JSON object with
 ``new_question``; else (completion format) the open string up to its closing quote; else the
@@ -59,6 +61,7 @@ TEMPLATES = (
     "{options}, and the correct one is {answer}. {verb} the question {style}, keeping every fact "
     "it states and keeping its answer, without mentioning any option.",
 )
+LINE_END = "\n"  # the completion format's stop: its answer is one JSON line
 JSON_REQUEST = 'Reply with JSON only: {"new_question": "<the rewritten question>"}'
 EXAMPLES = (
     ("Who invented the telephone?", "Which inventor is credited with creating the telephone?"),
@@ -183,8 +186,8 @@ class LLMProposer:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                   "seed": self.seed}
         if self.fmt == "completion":
-            return Request(self.kind, {"prompt": completion_prompt(parent, verb, style)}, params,
-                           sample=sample)
+            return Request(self.kind, {"prompt": completion_prompt(parent, verb, style)},
+                           {**params, "stop": LINE_END}, sample=sample)
         answer = f"{question.letters[question.answer]}. {question.choices[question.answer]}"
         instruction = rng.choice(TEMPLATES).format(
             verb=verb, verb_lower=verb.lower(), style=style, question=parent, answer=answer,

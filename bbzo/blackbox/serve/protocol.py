@@ -1,10 +1,11 @@
 """OpenAI's chat-completions wire format: a request body in, bbzo ``Request``s; answers out.
 
 A body becomes one ``Request("chat", {"messages"}, params)`` per choice (``sample`` = choice
-index), with ``params`` = ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and, when asked,
-``logprobs``/``top_logprobs``. Every field is checked; a bad one is an ``ApiError`` (HTTP 400)
-whose ``param`` names it, as OpenAI does. Unknown fields are refused rather than ignored, so a
-client never believes a setting (``stop``, ``tools``...) took effect when it did not.
+index), with ``params`` = ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` (a
+string or a list of up to 4, passed on as a list) and, when asked, ``logprobs``/``top_logprobs``.
+Every field is checked; a bad one is an ``ApiError`` (HTTP 400) whose ``param`` names it, as
+OpenAI does. Unknown fields are refused rather than ignored, so a client never believes a
+setting (``tools``, ``response_format``...) took effect when it did not.
 
 Without ``max_tokens``/``max_completion_tokens`` a completion stops after 64 tokens
 (``DEFAULT_MAX_TOKENS``). A body without ``seed`` gets one drawn by the server, so two
@@ -22,9 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.targets.stops import parse_stop
+from bbzo.errors import InputError
 
 FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-                    "top_p", "n", "seed", "logprobs", "top_logprobs", "stream", "user"})
+                    "top_p", "n", "seed", "stop", "logprobs", "top_logprobs", "stream",
+                    "user"})
 ROLES = frozenset({"system", "developer", "user", "assistant"})
 DEFAULT_MAX_TOKENS = 64
 MAX_N = 128  # OpenAI's limit on choices per request
@@ -157,12 +161,18 @@ def parse_chat(body: object, model: str, draw_seed: Callable[[], int], *,
     top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if top is not None and not want:
         raise _bad("top_logprobs", "needs logprobs set to true")
+    try:
+        stop = parse_stop(body.get("stop"))
+    except InputError as err:
+        raise _bad("stop", str(err)) from None
     params: dict = {"max_tokens": max_completion or max_tokens or DEFAULT_MAX_TOKENS,
                     "seed": draw_seed() if seed is None else seed}
     if temperature is not None:
         params["temperature"] = temperature
     if top_p is not None:
         params["top_p"] = top_p
+    if stop:
+        params["stop"] = list(stop)
     with_logprobs = bool(want) and logprobs_supported
     if with_logprobs:
         params.update(logprobs=True, top_logprobs=top or 0)

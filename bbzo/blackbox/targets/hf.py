@@ -12,10 +12,14 @@ What it answers (``bbzo.blackbox.query.request`` has the payload/output table):
   ``max_tokens`` tokens (default 64), temperature 0 = greedy. Each request draws from its own
   random generator, seeded from the request's canonical JSON (``params["seed"]`` and the
   ``sample`` index included; not the target id, so a moved model folder samples the same), so a
-  (request, sample) pair gives the same text in any batch. With
+  (request, sample) pair gives the same text in any batch. ``params["stop"]`` (a string or a
+  list of up to 4; ``bbzo.blackbox.targets.stops``) ends a row as soon as its decoded text
+  contains one: the text stops before it, the finish reason is ``"stop"``. The stop strings are
+  left out of the seed, so a request draws the same tokens with or without them. With
   ``params["logprobs"]`` the output lists each token's log-probability and its
   ``top_logprobs`` (at most 20) best alternatives, OpenAI style; these are the model's raw
-  log-probabilities (before temperature and top_p). One completion per request: repeated draws
+  log-probabilities (before temperature and top_p), for every token drawn (the one that
+  completed a stop string included). One completion per request: repeated draws
   are requests with another ``sample`` index.
 
 Prompts: ``payload["prompt"]`` (raw text, the tokenizer's special tokens such as BOS added) or
@@ -41,6 +45,7 @@ from transformers.utils import logging as hf_logging
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.targets import models
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.stops import StopWatch, cut, parse_stop
 from bbzo.errors import InputError, TargetError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +63,7 @@ class Sampling:
         max_tokens: most tokens to generate (the stop token included).
         top_logprobs: None = no logprobs; k = logprobs with the k best alternatives per token.
         seed: seed of this request's random generator.
+        stop: stop strings; a row ends once its text contains one.
     """
 
     temperature: float = 1.0
@@ -65,6 +71,7 @@ class Sampling:
     max_tokens: int = DEFAULT_MAX_TOKENS
     top_logprobs: int | None = None
     seed: int = 0
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: dict, seed: int) -> Sampling:
@@ -86,7 +93,7 @@ class Sampling:
         if params.get("n", 1) != 1:
             raise InputError("n must be 1: ask for repeated draws with new sample indices")
         return cls(float(temperature), float(top_p), max_tokens,
-                   k if params.get("logprobs") else None, seed)
+                   k if params.get("logprobs") else None, seed, parse_stop(params.get("stop")))
 
 
 @dataclass
@@ -97,7 +104,8 @@ class Completion:
         token_ids: generated tokens, the stop token excluded.
         logprobs: raw log-probability of each of ``token_ids``.
         top: per token, the best alternatives as (token id, log-probability), best first.
-        finish_reason: ``"stop"`` (a stop token was drawn) or ``"length"`` (max_tokens reached).
+        finish_reason: ``"stop"`` (a stop token was drawn, or the text reached a stop string) or
+            ``"length"`` (max_tokens reached).
         ntokens: tokens drawn, the stop token included.
     """
 
@@ -135,6 +143,15 @@ def _draw(logp: torch.Tensor, sampling: Sampling, generator: torch.Generator) ->
     cdf = sorted_p[keep].cumsum(-1)
     u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
     return int(order[keep][min(int(torch.searchsorted(cdf, u)), len(cdf) - 1)])
+
+
+def _seed(request: Request) -> int:
+    """Seed of a generation request's random generator: from its canonical JSON, the stop
+    strings left out."""
+    if "stop" in request.params:
+        params = {k: v for k, v in request.params.items() if k != "stop"}
+        request = Request(request.kind, request.payload, params, request.sample)
+    return int(request.key("")[:16], 16)
 
 
 class HFTarget(Target):
@@ -251,33 +268,43 @@ class HFTarget(Target):
         """Continue each row of left-padded input embeddings (B, L, hidden); one setting per row.
 
         Generated tokens enter through the ordinary embedding layer, so a hook on
-        ``input_embeddings()`` only ever sees them, never ``embeds``.
+        ``input_embeddings()`` only ever sees them, never ``embeds``. A row that finishes (stop
+        token, stop string, ``max_tokens``) leaves the batch, so later steps cost less.
         """
-        rows = len(settings)
         gens = [torch.Generator().manual_seed(s.seed) for s in settings]
         done = [Completion([], [], []) for _ in settings]
-        active = set(range(rows))
+        watches = [StopWatch(s.stop, self._text) if s.stop else None for s in settings]
+        live = list(range(len(settings)))  # the request of each batch row
         mask = attention_mask
         pos = _positions(mask)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                          use_cache=True, **self._last_only)
         pos = pos[:, -1:]
-        while active:
+        while True:
             logp = out.logits[:, -1].float().log_softmax(-1).cpu()
-            chosen = torch.full((rows, 1), self.pad_id, dtype=torch.long)
-            for i in sorted(active):
-                token = _draw(logp[i], settings[i], gens[i])
-                chosen[i, 0] = token
-                self._record(done[i], token, logp[i], settings[i])
-                if done[i].finish_reason == "stop" or done[i].ntokens == settings[i].max_tokens:
-                    active.discard(i)
-            if not active:
-                break
-            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            keep, chosen = [], []
+            for row, i in enumerate(live):
+                token = _draw(logp[row], settings[i], gens[i])
+                self._record(done[i], token, logp[row], settings[i])
+                if done[i].finish_reason != "stop" and watches[i] is not None \
+                        and watches[i].push(token):
+                    done[i].finish_reason = "stop"
+                if done[i].finish_reason != "stop" and done[i].ntokens < settings[i].max_tokens:
+                    keep.append(row)
+                    chosen.append(token)
+            if not keep:
+                return done
+            cache = out.past_key_values
+            if len(keep) < len(live):  # finished rows leave the batch and its cache
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, pos = mask[index], pos[index]
+                live = [live[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             pos = pos + 1
-            out = self.model(input_ids=chosen.to(self.device), attention_mask=mask,
-                             position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
-        return done
+            out = self.model(input_ids=torch.tensor(chosen, device=mask.device)[:, None],
+                             attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True)
 
     def _record(self, done: Completion, token: int, logp: torch.Tensor,
                 sampling: Sampling) -> None:
@@ -363,7 +390,7 @@ class HFTarget(Target):
         for r in requests:
             if r.kind == "chat" and "messages" not in r.payload:
                 raise InputError("chat requests need payload['messages']")
-            sampling = Sampling.from_params(r.params, int(r.key("")[:16], 16))
+            sampling = Sampling.from_params(r.params, _seed(r))
             prompts.append(self._prompt(r, extra=sampling.max_tokens - 1))
             settings.append(sampling)
         done: list[Completion] = []
@@ -376,12 +403,20 @@ class HFTarget(Target):
         return [Response(self._completion_output(c, s), Usage(len(p), c.ntokens))
                 for c, s, p in zip(done, settings, prompts, strict=True)]
 
+    def _text(self, token_ids: list[int]) -> str:
+        """The text of generated tokens (special tokens left out)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
     def _completion_output(self, done: Completion, sampling: Sampling) -> dict:
-        """``{"text", "finish_reason", "logprobs"?}``; alternatives whose texts coincide (e.g.
-        partial UTF-8 bytes) keep the best one."""
+        """``{"text", "finish_reason", "logprobs"?}``, the text cut before its first stop
+        string; alternatives whose texts coincide (e.g. partial UTF-8 bytes) keep the best
+        one."""
         decode = self.tokenizer.decode
-        output: dict = {"text": decode(done.token_ids, skip_special_tokens=True),
-                        "finish_reason": done.finish_reason}
+        text, finish = self._text(done.token_ids), done.finish_reason
+        stopped = cut(text, sampling.stop) if sampling.stop else None
+        if stopped is not None:
+            text, finish = stopped, "stop"
+        output: dict = {"text": text, "finish_reason": finish}
         if sampling.top_logprobs is not None:
             output["logprobs"] = []
             for token, lp, top in zip(done.token_ids, done.logprobs, done.top, strict=True):

@@ -8,9 +8,10 @@ so it outlives the short-lived loops of ``QueryLayer.submit``.
 Request kinds (payload/output as in ``bbzo.blackbox.query.request``):
 
 - ``chat`` / ``generate``: one chat completion. ``params`` may hold ``max_tokens`` (sent as
-  ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``logprobs``,
-  ``top_logprobs`` (0..20). A ``generate`` prompt is sent as one user message (the server
-  applies its chat template; a local ``HFTarget`` does not for a bare prompt). Output
+  ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or a
+  list of up to 4; the text ends before the first), ``logprobs``, ``top_logprobs`` (0..20).
+  A ``generate`` prompt is sent as one user message (the server applies its chat template; a
+  local ``HFTarget`` does not for a bare prompt). Output
   ``{"text", "finish_reason", "logprobs"?}``, the logprobs as ``HFTarget`` gives them: per
   token ``{"token", "logprob", "top": {token: logprob}}``. Repeated draws (``sample`` > 0) of
   a seeded request get a seed derived from (seed, sample), so they differ.
@@ -55,12 +56,13 @@ import openai
 from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.query.retry import error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.stops import parse_stop
 from bbzo.checks import int_at_least, positive
 from bbzo.errors import InputError, TargetError, TransientError
 from bbzo.redaction import REDACTED, redact_text
 
-PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "logprobs", "top_logprobs",
-                    "n"})
+PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "logprobs",
+                    "top_logprobs", "n"})
 MAX_TOP_LOGPROBS = 20
 MAX_CHOICES = 128  # OpenAI's limit on n, the choices of one request
 
@@ -171,6 +173,7 @@ class OpenAITarget(Target):
                              f"{', '.join(sorted(PARAMS))}")
         if params.get("n", 1) != 1:
             raise InputError("n must be 1: ask for repeated draws with new sample indices")
+        parse_stop(params.get("stop"))
         k = params.get("top_logprobs")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int)
                               or not 0 <= k <= MAX_TOP_LOGPROBS):
@@ -201,7 +204,7 @@ class OpenAITarget(Target):
         options: dict[str, Any] = {}
         if "max_tokens" in params:
             options["max_completion_tokens"] = params["max_tokens"]
-        for name in ("temperature", "top_p", "logprobs", "top_logprobs"):
+        for name in ("temperature", "top_p", "stop", "logprobs", "top_logprobs"):
             if name in params:
                 options[name] = params[name]
         if "seed" in params:

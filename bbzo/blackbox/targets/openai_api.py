@@ -232,7 +232,9 @@ class OpenAITarget(Target):
             content = _token_logprobs(reply["choices"][0])
             if content and content[0].get("top_logprobs"):
                 return self._read_letters(letters, content[0], self._usage(reply))
-            self._logprobs_missing = True
+            # No logprobs at all: this server has none, stop asking. An empty list (the model
+            # answered its end-of-text at once) only sends this one request to sampling.
+            self._logprobs_missing = content is None
             first = self._usage(reply)
         else:
             first = Usage()

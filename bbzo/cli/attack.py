@@ -1,4 +1,5 @@
-"""``bbzo attack``: attacks on models you can only query. ``bbzo attack seca`` runs SECA."""
+"""``bbzo attack``: attacks on models you can only query. ``bbzo attack seca`` runs SECA (or its
+random baseline); ``bbzo attack eval`` measures a run's ASR@K."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from bbzo.attacks.seca.baseline import BASELINES
+from bbzo.attacks.seca.evaluate import evaluate_run
 from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
 from bbzo.attacks.seca.run import DEFAULT_EMBEDDER, DEFAULT_LM, SecaConfig, run_seca
 from bbzo.cli.console import note, print_json, print_table, progress_bars
 from bbzo.cli.options import open_run, run_options
+from bbzo.runs import RunFolder
 
 # With the built-in question set and no --limit / --iterations, run a demo that finishes in
 # about five minutes on 2 CPU cores (SmolLM2: roughly 15 s per search step).
@@ -84,21 +88,30 @@ def attack() -> None:
               help="Tokens per minute allowed to each API model.")
 @click.option("--device", default=None, help="Torch device of local models [default: CUDA if "
                                              "present, else CPU].")
+@click.option("--baseline", type=click.Choice(BASELINES), default=None,
+              help="Run a baseline instead of SECA: 'random' proposes from the original only "
+                   "(best of n random feasible rewrites).")
+@click.option("--match", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="With --baseline: score at most as many rewrites per question "
+                                 "as this SECA run folder did (equal target queries).")
 @run_options
 def seca(questions: Path | None, target: str, base_url: str | None, proposer: str,
          judge: str | None, embedder: str, reference: str, objective: str,
          proposer_format: str, iterations: int | None, candidates: int, parents: int,
          limit: int | None, budget_queries: int | None, max_cost: float | None,
          similarity: float, coherence_ratio: float, samples: int, rpm: int | None,
-         tpm: int | None, device: str | None, out: Path | None, seed: int, resume: bool,
-         json_output: bool) -> None:
+         tpm: int | None, device: str | None, baseline: str | None, match: Path | None,
+         out: Path | None, seed: int, resume: bool, json_output: bool) -> None:
     """SECA: rewrite questions so they keep their meaning and read naturally, yet the target
     answers wrongly.
 
     Writes config.json, results.jsonl (one record per question: the rewrite, probabilities
     before and after, the checks' verdicts, queries and cost per role), summary.json and
     ledger.sqlite (every request and answer; --resume answers them again for free).
+    With --baseline random the same files hold the random baseline's results.
     """
+    if match is not None and baseline is None:
+        raise click.BadParameter("needs --baseline random", param_hint="'--match'")
     demo = questions is None
     config = SecaConfig(
         questions=None if demo else str(questions), target=target, base_url=base_url,
@@ -108,7 +121,7 @@ def seca(questions: Path | None, target: str, base_url: str | None, proposer: st
         candidates=candidates, parents=parents, budget_queries=budget_queries,
         max_cost=max_cost, seed=seed, limit=limit or (DEMO_LIMIT if demo else None),
         similarity=similarity, coherence_ratio=coherence_ratio, samples=samples, rpm=rpm,
-        tpm=tpm, device=device)
+        tpm=tpm, device=device, baseline=baseline, match=None if match is None else str(match))
     run = open_run(out, resume=resume, command="seca")
     with progress_bars() as progress:
         summary = run_seca(config, out=run, progress=progress)
@@ -134,7 +147,8 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
                      "yes" if r["success"] else "no", r["requests"],
                      rewrite if r["eligible"] else "-"))
     asr = summary["asr"]
-    title = (f"SECA on {config.target} ({summary['objective']} objective): attacked "
+    method = "SECA" if config.baseline is None else f"{config.baseline.capitalize()} baseline"
+    title = (f"{method} on {config.target} ({summary['objective']} objective): attacked "
              f"{summary['attacked']} of {summary['eligible']} eligible "
              f"(ASR {_percent(asr)}), {summary['questions']} questions, seed {config.seed}")
     print_table(title, ["id", "subject", "eligible", "target", "p(target)", "p(correct)",
@@ -143,3 +157,64 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
          f"{_percent(summary['coherence_pass_rate'])} (over checked candidates); "
          f"{summary['sent']} requests sent, {summary['tokens']} tokens, "
          f"${summary['cost']:.4f}")
+
+
+@attack.command("eval")
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False,
+                                                          path_type=Path))
+@click.option("--judge", required=True, help="Evaluation judge (hf:..., openai:...); keep it "
+                                             "apart from the search's judge.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Answers sampled per question.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the sampled answers.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Most tokens per answer (the letter and its reason).")
+@click.option("--budget-queries", type=click.IntRange(min=1), default=None,
+              help="Most requests sent in this invocation (ledger answers are free).")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Most US dollars spent in this invocation.")
+@click.option("--device", default=None, help="Torch device of local models [default: the "
+                                             "run's].")
+@click.option("--json", "json_output", is_flag=True,
+              help="Print the summary as JSON on stdout instead of a table.")
+def evaluate(run_dir: Path, judge: str, k: int, seed: int, max_tokens: int,
+             budget_queries: int | None, max_cost: float | None, device: str | None,
+             json_output: bool) -> None:
+    """ASR@K of a SECA or baseline run: K answers per eligible question's best prompt at
+    temperature 1; a trial succeeds when its letter is the target letter and the judge calls
+    the answer a hallucination.
+
+    Writes eval.jsonl and eval_summary.json into RUN; every request goes through RUN's ledger,
+    so running it again (or with a larger --k) re-sends nothing already answered.
+    """
+    with progress_bars() as progress:
+        summary = evaluate_run(run_dir, judge=judge, k=k, seed=seed, max_tokens=max_tokens,
+                               budget_queries=budget_queries, max_cost=max_cost, device=device,
+                               progress=progress)
+    if json_output:
+        print_json(summary)
+    else:
+        _eval_table(summary, run_dir)
+    if summary["judge_is_search_judge"]:
+        note("the evaluation judge is the search's judge, which the search may have gamed; "
+             "prefer another model")
+    note(f"wrote {run_dir}: {', '.join(summary['files'])}")
+
+
+def _eval_table(summary: dict, run_dir: Path) -> None:
+    rows = []
+    for e in RunFolder(run_dir, resume=True).read_jsonl("eval.jsonl"):
+        rows.append((e["id"], e["target_letter"], " ".join(x or "?" for x in e["letters"]),
+                     e["letter_hits"], e["hallucinations"], e["judge_parse_failures"],
+                     "yes" if e["attacked"] else "no"))
+    k = summary["k"]
+    print_table(f"ASR@{k} of {summary['method']} on {summary['target']} (judge "
+                f"{summary['judge']}): {summary['attacked']} of {summary['eligible']} eligible "
+                f"attacked (ASR@{k} {_percent(summary['asr_at_k'])})",
+                ["id", "target", "letters", "hits", "hallucinations", "judge unparsed",
+                 "attacked"], rows)
+    note(f"letter-hit rate {_percent(summary['letter_hit_rate'])} of {summary['trials']} trials, "
+         f"{summary['unparsed_letters']} answers without a letter, "
+         f"{summary['judge_parse_failures']} judge replies unparsed; {summary['sent']} requests "
+         f"sent, ${summary['cost']:.4f}")

@@ -18,6 +18,9 @@ counts every request sent to any role's model (answers from the ledger are free 
 counted), ``max_cost`` every US dollar they charge. The budget is per invocation: a resumed
 run starts a fresh one, and what the ledger already holds costs nothing.
 
+``baseline="random"`` runs the random feasible-rephrasing baseline (``baseline.py``) through
+the same machinery and writes the same files; ``match`` gives it a SECA run's budget.
+
 Files: ``config.json``, ``results.jsonl`` (one record per question, appended as each question
 finishes), ``summary.json``, ``ledger.sqlite``. Resume skips the questions already in
 ``results.jsonl``; a question cut short by a crash or by the budget is searched again, its
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bbzo.attacks.seca.baseline import BASELINES, matched_budgets
 from bbzo.attacks.seca.constraints import (
     Checks,
     Constraint,
@@ -98,6 +102,9 @@ class SecaConfig:
         rpm / tpm: rate limits for every remote model (None: none).
         device: torch device of local models (None: CUDA if present, else CPU).
         local_batch: requests per forward pass of local models.
+        baseline: None for SECA, ``random`` for the random feasible-rephrasing baseline.
+        match: a SECA run folder whose texts scored per question cap the baseline's (baseline
+            only; None: the same iterations x parents x candidates).
     """
 
     questions: str | None = None
@@ -127,6 +134,8 @@ class SecaConfig:
     tpm: int | None = None
     device: str | None = None
     local_batch: int = 16
+    baseline: str | None = None
+    match: str | None = None
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first bad field."""
@@ -144,23 +153,36 @@ class SecaConfig:
         positive("temperature", self.temperature)
         one_of("objective", self.objective, ("auto", *OBJECTIVES))
         one_of("proposer_format", self.proposer_format, ("auto", *FORMATS))
+        if self.baseline is not None:
+            one_of("baseline", self.baseline, BASELINES)
+        elif self.match is not None:
+            raise InputError("match sets a baseline's budget; add baseline='random' "
+                             "(--baseline random) or drop match")
         for role in ("target", "proposer"):
             if not isinstance(getattr(self, role), str) or not getattr(self, role).strip():
                 raise InputError(f"{role} must be a target spec such as {DEFAULT_LM!r}")
 
 
-class _Roles:
-    """The loaded models, one ``QueryLayer`` per role, the shared ledger and budget."""
+class Roles:
+    """The loaded models, one ``QueryLayer`` per role, the shared ledger and budget.
 
-    def __init__(self, config: SecaConfig, run: RunFolder) -> None:
+    Args:
+        config: the run's settings (model options, budget, rate limits).
+        run: the run folder holding ``ledger.sqlite``.
+        specs: role -> target spec (None: off); default the roles of ``config``.
+    """
+
+    def __init__(self, config: SecaConfig, run: RunFolder,
+                 specs: dict[str, str | None] | None = None) -> None:
         self.config = config
         self.ledger = Ledger(run.file("ledger.sqlite"))
         self.budget = Budget(max_queries=config.budget_queries, max_cost=config.max_cost)
         self.models: dict[tuple, tuple[Target, RateLimiter]] = {}
         self.layers: dict[str, QueryLayer] = {}
+        if specs is None:
+            specs = {role: getattr(config, role) for role in ROLES}
         try:
-            for role in ROLES:
-                spec = getattr(config, role)
+            for role, spec in specs.items():
                 if spec is not None:
                     self.layers[role] = self._layer(role, spec)
         except BaseException:
@@ -202,7 +224,7 @@ class _Parts:
     checks: Checks
 
 
-def _parts(config: SecaConfig, roles: _Roles) -> _Parts:
+def _parts(config: SecaConfig, roles: Roles) -> _Parts:
     layers = roles.layers
     objective = make_objective(config.objective, layers["target"], samples=config.samples,
                                seed=config.seed)
@@ -245,19 +267,21 @@ def run_seca(config: SecaConfig, *, out: str | os.PathLike | RunFolder, resume: 
                                limit=config.limit)
     options = {k: v for k, v in asdict(config).items() if k != "seed"}
     run.write_config(options, config.seed)
+    budgets = matched_budgets(config.match, questions, config.target, config.objective) \
+        if config.match else {}
     done = {r["id"] for r in run.read_jsonl("results.jsonl")}
     todo = [q for q in questions if q.id not in done]
     finished = len(questions) - len(todo)
     stopped = None
     if todo:
-        roles = _Roles(config, run)
+        roles = Roles(config, run)
         try:
             parts = _parts(config, roles)
             for q in todo:
                 if progress is not None:
                     progress("questions", finished, len(questions))
                 try:
-                    record = _attack(q, config, parts, roles, progress)
+                    record = _attack(q, config, parts, roles, budgets.get(q.id), progress)
                 except BudgetExceeded as err:
                     stopped = str(err)
                     break
@@ -276,16 +300,18 @@ def run_seca(config: SecaConfig, *, out: str | os.PathLike | RunFolder, resume: 
     return summary
 
 
-def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: _Roles,
-            progress: Progress | None) -> dict[str, Any]:
-    """Check eligibility, search, and build the question's record."""
+def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: Roles,
+            max_scored: int | None, progress: Progress | None) -> dict[str, Any]:
+    """Check eligibility, search (at most ``max_scored`` texts scored; None: no cap), and build
+    the question's record."""
     start = time.perf_counter()
     usage_before = roles.usage()
     parse_before = parts.proposer.stats.to_dict()
     logp0 = parts.objective.evaluate(q, [q.question])[0]
     target = choose_target(logp0, q.answer)
     record: dict[str, Any] = {
-        "id": q.id, "subject": q.subject, "original_question": q.question,
+        "id": q.id, "method": config.baseline or "seca", "subject": q.subject,
+        "original_question": q.question,
         "choices": list(q.choices), "answer": q.answer, "answer_letter": q.letters[q.answer],
         "objective": parts.objective.name, "predicted": int(np.argmax(logp0)),
         "eligible": target is not None, "target_choice": target,
@@ -295,7 +321,8 @@ def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: _Roles,
         # Filled in by the search when the question is eligible:
         "adversarial_question": None, "changed": False, "success": False,
         "p_target_after": None, "p_correct_after": None, "steps": 0, "stopped_early": False,
-        "proposals": 0, "unusable_proposals": 0, "improvers": 0, "feasible": 0,
+        "proposals": 0, "unusable_proposals": 0, "unscored": 0, "scored_budget": max_scored,
+        "improvers": 0, "feasible": 0,
         "judge_parse_failures": 0, "checks": {}, "trace": []}
     verdicts: list[Verdict] = []
     if target is not None:
@@ -303,6 +330,7 @@ def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: _Roles,
             q, objective=parts.objective, proposer=parts.proposer, checks=parts.checks,
             target=target, parents=config.parents, candidates=config.candidates,
             iterations=config.iterations, original_logp=logp0,
+            from_original=config.baseline == "random", max_scored=max_scored,
             progress=None if progress is None else lambda i, n: progress("search", i, n))
         best = search.best
         verdicts = best.verdicts
@@ -312,6 +340,7 @@ def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: _Roles,
             "p_target_after": _p(best.logp[target]), "p_correct_after": _p(best.logp[q.answer]),
             "steps": search.steps, "stopped_early": search.stopped_early,
             "proposals": search.proposals, "unusable_proposals": search.unusable,
+            "unscored": search.unscored,
             "improvers": search.improvers, "feasible": search.feasible,
             "judge_parse_failures": search.unparsed, "checks": search.checks,
             "trace": search.trace})
@@ -382,6 +411,7 @@ def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, An
     parse = {k: sum(r["proposer_parse"][k] for r in records) for k in
              ("proposals", "json", "fallback", "failed")}
     return {
+        "method": config.baseline or "seca",
         "questions": len(records), "eligible": len(eligible), "attacked": len(wins),
         "asr": _rate(len(wins), len(eligible)),
         "objective": records[0]["objective"] if records else None,

@@ -11,6 +11,11 @@ Each step:
 5. the next parents are the top-N feasible improvers, padded with the best previous parents;
 6. the search stops early once the target option is the target model's top choice.
 
+With ``from_original`` every step proposes from N copies of the original instead (the random
+baseline: the objective never chooses what is proposed, only which proposal is reported);
+``max_scored`` caps the candidates scored, so a baseline can spend exactly a SECA run's target
+queries.
+
 Eligibility (``choose_target``): a question is attacked only if the target model ranks the
 correct option first; the target option is its second most likely.
 """
@@ -67,6 +72,7 @@ class SearchResult:
         steps: iterations run.
         stopped_early: the target option became the top choice before the last iteration.
         proposals: candidates the proposer was asked for; ``unusable`` of them gave no text.
+        unscored: usable candidates left unscored because ``max_scored`` was spent.
         improvers: candidates that beat the global best and went to the checks.
         feasible: improvers that passed every check.
         unparsed: improvers with a judge reply that could not be parsed.
@@ -80,6 +86,7 @@ class SearchResult:
     stopped_early: bool = False
     proposals: int = 0
     unusable: int = 0
+    unscored: int = 0
     improvers: int = 0
     feasible: int = 0
     unparsed: int = 0
@@ -102,6 +109,7 @@ class SearchResult:
 def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
                 checks: Constraint, target: int, parents: int = 3, candidates: int = 3,
                 iterations: int = 30, original_logp: np.ndarray | None = None,
+                from_original: bool = False, max_scored: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Search for a feasible rewrite of ``question`` that makes ``target`` the top option.
 
@@ -115,11 +123,14 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
         candidates: M, rewrites per parent per step.
         iterations: most steps.
         original_logp: the original's scores if already known (saves one evaluation).
+        from_original: propose from the original at every step (the random baseline).
+        max_scored: most candidates scored (None: no cap); the search ends when it is spent.
         progress: called as ``progress(step, iterations)`` after each step.
     """
     n = int_at_least("parents", parents)
     m = int_at_least("candidates", candidates)
     iterations = int_at_least("iterations", iterations)
+    left = None if max_scored is None else int_at_least("max_scored", max_scored, 0)
     if not (isinstance(target, int) and 0 <= target < len(question.choices)) \
             or target == question.answer:
         raise InputError(f"target must index a wrong option of question {question.id}, "
@@ -130,6 +141,8 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
     result = SearchResult(original, original)
     pool = [original] * n
     for step in range(iterations):
+        if left == 0:
+            break
         texts = proposer.propose(question, [p.text for p in pool], m, step)
         if len(texts) != n * m:
             raise InputError(f"proposer returned {len(texts)} rewrites for {n} parents x {m}; "
@@ -137,6 +150,10 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
         usable = [t for t in texts if t]
         result.proposals += len(texts)
         result.unusable += len(texts) - len(usable)
+        if left is not None:
+            result.unscored += max(0, len(usable) - left)
+            usable = usable[:left]
+            left -= len(usable)
         scores = objective.evaluate(question, usable)
         children = [Candidate(t, lp, target) for t, lp in zip(usable, scores, strict=True)]
         improvers = list({c.text: c for c in children if c.score > result.best.score}.values())
@@ -150,8 +167,9 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
         feasible.sort(key=lambda c: c.score, reverse=True)
         if feasible:
             result.best = feasible[0]
-        old = sorted(pool, key=lambda c: c.score, reverse=True)
-        pool = (feasible + old)[:n]
+        if not from_original:
+            old = sorted(pool, key=lambda c: c.score, reverse=True)
+            pool = (feasible + old)[:n]
         result.improvers += len(improvers)
         result.feasible += len(feasible)
         result.steps = step + 1

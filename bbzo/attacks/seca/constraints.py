@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.request import Request
 from bbzo.checks import fraction, int_at_least, positive
@@ -170,7 +171,6 @@ CRITERIA = {
     "same_answer": "the correct answer to the rewrite is still {answer}",
 }
 FLUENCY = {"fluent": "the rewrite is clear, grammatical, natural English"}
-_VALUE = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
 
 
 def parse_judgement(text: str) -> dict[str, int]:
@@ -179,21 +179,12 @@ def parse_judgement(text: str) -> dict[str, int]:
     Reads the first JSON object holding any criterion; else ``name: 0/1`` pairs anywhere.
     """
     keys = [*CRITERIA, *FLUENCY]
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and any(k in obj for k in keys):
-            return {k: _VALUE[str(obj[k]).lower()] for k in keys
-                    if str(obj.get(k)).lower() in _VALUE}
-    found = {}
-    for key in keys:
-        m = re.search(rf'"?{key}"?\s*[:=]\s*"?(1|0|true|false|yes|no)\b', text, re.IGNORECASE)
-        if m:
-            found[key] = _VALUE[m.group(1).lower()]
-    return found
+    obj = first_json_object(text, lambda o: any(k in o for k in keys))
+    if obj is not None:
+        found = {k: flag_value(obj[k]) for k in keys if k in obj}
+    else:
+        found = {k: loose_flag(text, k) for k in keys}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 class LLMJudge:

@@ -24,7 +24,6 @@ trials, letters and verdicts) and ``eval_summary.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -33,9 +32,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bbzo.attacks.seca.constraints import _VALUE
 from bbzo.attacks.seca.objective import letter_prompt
 from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
 from bbzo.attacks.seca.run import Roles, SecaConfig
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.request import Request
@@ -68,18 +67,13 @@ def parse_hallucination(text: str) -> tuple[bool, str | None] | None:
     Reads the first JSON object with a ``hallucination`` field (1/0, true/false, yes/no), else
     a ``hallucination: 1`` pair anywhere; ``type`` is kept when it is one of ``TYPES``.
     """
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "hallucination" in obj:
-            flag = _VALUE.get(str(obj["hallucination"]).lower())
-            kind = str(obj.get("type", "")).lower()
-            return None if flag is None else (bool(flag), kind if kind in TYPES else None)
-    m = re.search(r'"?hallucination"?\s*[:=]\s*"?(1|0|true|false|yes|no)\b', text, re.IGNORECASE)
-    return None if m is None else (bool(_VALUE[m.group(1).lower()]), None)
+    obj = first_json_object(text, lambda o: "hallucination" in o)
+    if obj is not None:
+        flag = flag_value(obj["hallucination"])
+        kind = str(obj.get("type", "")).lower()
+        return None if flag is None else (bool(flag), kind if kind in TYPES else None)
+    flag = loose_flag(text, "hallucination")
+    return None if flag is None else (bool(flag), None)
 
 
 def judge_prompt(question: Question, text: str, answer: str) -> str:

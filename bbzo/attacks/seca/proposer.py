@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.replies import first_json_object
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.request import Request
 from bbzo.checks import int_at_least, non_negative, one_of
@@ -108,14 +109,9 @@ def parse_proposal(text: str, *, opened: bool = False) -> tuple[str | None, str]
             return _usable(value, "json")
         except json.JSONDecodeError:
             pass
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("new_question"), str):
-            return _usable(obj["new_question"], "json")
+    obj = first_json_object(text, lambda o: isinstance(o.get("new_question"), str))
+    if obj is not None:
+        return _usable(obj["new_question"], "json")
     quoted = _QUOTED.search(text)
     if quoted:
         return _usable(quoted.group(1), "fallback")

@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny import save_tiny_lm  # noqa: E402
 
+from bbzo.blackbox.protocol import Request  # noqa: E402
 from bbzo.blackbox.query.layer import QueryLayer  # noqa: E402
 from bbzo.blackbox.query.ledger import Ledger  # noqa: E402
 from bbzo.blackbox.query.limits import RateLimiter, RateLimits  # noqa: E402
-from bbzo.blackbox.query.request import Request  # noqa: E402
 from bbzo.blackbox.targets import models  # noqa: E402
 from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
 from bbzo.blackbox.targets.openai_api import OpenAITarget  # noqa: E402

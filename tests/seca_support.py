@@ -15,7 +15,7 @@ from tiny import tiny_tokenizer
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 from bbzo.attacks.seca.questions import Question
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets.base import Target
 
 QUESTION = Question("q1", "What is the capital of France?", ("Paris", "Berlin", "Rome", "Madrid"),

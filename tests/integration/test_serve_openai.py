@@ -26,10 +26,10 @@ import pytest
 import torch
 from tiny import tiny_lm, tiny_tokenizer
 
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.query.limits import RateLimiter, RateLimits, token_estimate
-from bbzo.blackbox.query.request import Request
 from bbzo.blackbox.query.retry import RetryPolicy
 from bbzo.blackbox.serve import Faults, serve, start_server
 from bbzo.blackbox.targets.hf import HFTarget
@@ -249,7 +249,7 @@ JOB = textwrap.dedent("""
     import sys
     from bbzo.blackbox.query.layer import QueryLayer
     from bbzo.blackbox.query.ledger import Ledger
-    from bbzo.blackbox.query.request import Request
+    from bbzo.blackbox.protocol import Request
     from bbzo.blackbox.targets.openai_api import OpenAITarget
 
     url, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

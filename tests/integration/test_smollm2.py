@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bbzo.blackbox.query.request import Request
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.targets.spec import load_target
 
 pytestmark = [

@@ -9,7 +9,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.serve.batcher import Batcher
 from bbzo.blackbox.serve.faults import TIMEOUT_STATUS, FaultInjector, Faults, parse_fail
 from bbzo.blackbox.targets.base import Target

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bbzo.blackbox.protocol import Request, Response, Usage
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
-from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import InputError, PermanentError
 
@@ -136,7 +136,7 @@ CHILD = """
 import asyncio, sys
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets.base import Target
 
 class Slow(Target):

@@ -9,10 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bbzo.blackbox.budget import Budget
+from bbzo.blackbox.zo.es import EvolutionStrategy, centered_ranks
 from bbzo.blackbox.zo.population import (
-    EvolutionStrategy,
     GeneticAlgorithm,
-    centered_ranks,
     gaussian_mutation,
     population_minimize,
     resample_mutation,

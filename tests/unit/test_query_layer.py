@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bbzo.blackbox.budget import Budget
+from bbzo.blackbox.protocol import Request, Response, Usage, error_for_status, parse_retry_after
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.query.limits import RateLimiter, RateLimits, token_bound, token_estimate
 from bbzo.blackbox.query.pricing import Price, PriceTable
-from bbzo.blackbox.query.request import Request, Response, Usage
-from bbzo.blackbox.query.retry import RetryPolicy, error_for_status, parse_retry_after
+from bbzo.blackbox.query.retry import RetryPolicy
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import (
     BudgetExceeded,

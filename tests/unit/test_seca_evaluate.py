@@ -22,9 +22,9 @@ from bbzo.attacks.seca.evaluate import (
     summarize_eval,
 )
 from bbzo.attacks.seca.run import SecaConfig
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
-from bbzo.blackbox.query.request import Request
 from bbzo.cli.main import cli
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder

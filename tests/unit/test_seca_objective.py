@@ -17,8 +17,8 @@ from bbzo.attacks.seca.objective import (
     letter_prompt,
     make_objective,
 )
+from bbzo.blackbox.protocol import Response
 from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.request import Response
 from bbzo.blackbox.targets.hf import HFTarget
 from bbzo.errors import InputError
 

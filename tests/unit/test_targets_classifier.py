@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bbzo.blackbox.query.request import Request
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.targets.classifier import (
     HTTPClassifier,
     TorchClassifier,

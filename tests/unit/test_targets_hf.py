@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import save_tiny_lm  # noqa: E402
 
-from bbzo.blackbox.query.request import Request  # noqa: E402
+from bbzo.blackbox.protocol import Request  # noqa: E402
 from bbzo.blackbox.targets import models  # noqa: E402
 from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
 from bbzo.blackbox.targets.spec import load_target  # noqa: E402

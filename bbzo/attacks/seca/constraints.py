@@ -35,8 +35,8 @@ import numpy as np
 
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.request import Request
 from bbzo.checks import fraction, int_at_least, positive
 from bbzo.errors import InputError, TargetError
 

@@ -36,8 +36,8 @@ from bbzo.attacks.seca.objective import letter_prompt
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
 from bbzo.attacks.seca.run import Roles, SecaConfig
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.request import Request
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder

@@ -28,8 +28,8 @@ from typing import Protocol
 import numpy as np
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.request import Request, Response
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError, TargetError
 

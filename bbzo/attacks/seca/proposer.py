@@ -33,8 +33,8 @@ from typing import Protocol
 
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object
+from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.request import Request
 from bbzo.checks import int_at_least, non_negative, one_of
 from bbzo.errors import InputError
 

@@ -1,23 +1,18 @@
 """Query layer: the one road every request takes to a target (ledger, budget, limits, retries).
 
-Names are exported lazily (PEP 562): targets import ``query.request`` while the layer imports
-the target protocol, so importing everything here eagerly would be circular.
+``Request``, ``Response`` and ``Usage`` live in ``bbzo.blackbox.protocol`` (the bottom module
+that targets and the query layer both import) and are re-exported here.
 """
 
-from importlib import import_module
-from typing import Any
+from bbzo.blackbox.protocol import Request, Response, Usage, error_for_status, parse_retry_after
+from bbzo.blackbox.query.layer import LayerStats, QueryLayer
+from bbzo.blackbox.query.ledger import Ledger, LedgerSummary
+from bbzo.blackbox.query.limits import RateLimiter, RateLimits
+from bbzo.blackbox.query.pricing import Price, PriceTable
+from bbzo.blackbox.query.retry import RetryPolicy
 
-_EXPORTS = {
-    "QueryLayer": "layer", "LayerStats": "layer", "Ledger": "ledger",
-    "LedgerSummary": "ledger", "RateLimiter": "limits", "RateLimits": "limits",
-    "Price": "pricing", "PriceTable": "pricing", "Request": "request", "Response": "request",
-    "Usage": "request", "RetryPolicy": "retry", "error_for_status": "retry",
-    "parse_retry_after": "retry",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = [
+    "LayerStats", "Ledger", "LedgerSummary", "Price", "PriceTable", "QueryLayer", "RateLimiter",
+    "RateLimits", "Request", "Response", "RetryPolicy", "Usage", "error_for_status",
+    "parse_retry_after",
+]

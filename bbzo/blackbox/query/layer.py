@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbzo.blackbox.budget import Budget, as_budget
+from bbzo.blackbox.protocol import Request, Response, Usage
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.query.limits import (
     RateLimiter,
@@ -41,7 +42,6 @@ from bbzo.blackbox.query.limits import (
     token_estimate,
 )
 from bbzo.blackbox.query.pricing import PriceTable
-from bbzo.blackbox.query.request import Request, Response, Usage
 from bbzo.blackbox.query.retry import RetryPolicy, StormWatch, retrying
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import BudgetExceeded, InputError, TargetError, TransientError

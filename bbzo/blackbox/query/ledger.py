@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bbzo.blackbox.query.request import Request, Response, Usage
+from bbzo.blackbox.protocol import Request, Response, Usage
 from bbzo.errors import InputError, TargetError
 from bbzo.redaction import redact_text
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from bbzo.blackbox.query.request import Request
+from bbzo.blackbox.protocol import Request
 from bbzo.errors import InputError
 
 # Completion tokens a request kind produces when params carry no max_tokens (None: unbounded).

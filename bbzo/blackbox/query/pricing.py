@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bbzo.blackbox.query.request import Usage
+from bbzo.blackbox.protocol import Usage
 from bbzo.errors import InputError
 
 log = logging.getLogger(__name__)

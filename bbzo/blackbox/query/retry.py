@@ -2,10 +2,10 @@
 
 Targets raise ``bbzo.errors.TransientError`` for failures worth retrying (HTTP 408, 409, 425,
 429, 5xx, timeouts, dropped connections; built-in ``TimeoutError`` and ``ConnectionError`` are
-treated the same) and ``bbzo.errors.PermanentError`` for the rest; ``error_for_status`` picks
-the right one from an HTTP status. When retrying stops, ``retrying`` raises a plain
-``TargetError`` (never a ``TransientError``) so that no outer layer retries again: stacked
-retry layers are how clients end up stalled for half an hour.
+treated the same) and ``bbzo.errors.PermanentError`` for the rest; ``error_for_status``
+(``bbzo.blackbox.protocol``) picks the right one from an HTTP status. When retrying stops,
+``retrying`` raises a plain ``TargetError`` (never a ``TransientError``) so that no outer layer
+retries again: stacked retry layers are how clients end up stalled for half an hour.
 
 A burst of 429 answers is reported, not swallowed: ``StormWatch`` logs a warning and calls a
 hook the CLI can render when ``storm_count`` of them arrive within ``storm_window_s``.
@@ -14,7 +14,6 @@ hook the CLI can render when ``storm_count`` of them arrive within ``storm_windo
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
 import random
@@ -30,7 +29,6 @@ from bbzo.errors import PermanentError, TargetError, TransientError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_RETRYABLE = frozenset({408, 409, 425, 429})
 _HINTS = {
     400: "the request was rejected: check the model name and parameters (max_tokens, logprobs)",
     401: "authentication failed: check that the API key (e.g. OPENAI_API_KEY) is set and valid",
@@ -39,28 +37,6 @@ _HINTS = {
     413: "request too large: shorten the prompt or lower max_tokens",
     422: "the request could not be processed: check the parameters",
 }
-
-
-def error_for_status(status: int, message: str, retry_after: float | None = None) -> TargetError:
-    """The exception a target should raise for an HTTP error ``status``."""
-    if status in _RETRYABLE or status >= 500:
-        return TransientError(message, status=status, retry_after=retry_after)
-    return PermanentError(message, status=status)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _one_line(err: BaseException) -> str:

@@ -30,7 +30,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bbzo.blackbox.query.request import canonical_json
+from bbzo.blackbox.protocol import canonical_json
 from bbzo.blackbox.serve.batcher import Batcher
 from bbzo.blackbox.serve.faults import TIMEOUT_STATUS, FaultInjector, Faults
 from bbzo.blackbox.serve.protocol import ApiError, chat_reply, parse_chat

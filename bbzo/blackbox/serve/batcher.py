@@ -13,7 +13,7 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import TargetError
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets.stops import parse_stop
 from bbzo.errors import InputError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.errors import InputError
 
 

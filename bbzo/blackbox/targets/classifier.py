@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bbzo.blackbox.query.request import Request, Response
-from bbzo.blackbox.query.retry import error_for_status, parse_retry_after
+from bbzo.blackbox.protocol import Request, Response, error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import InputError, TargetError, TransientError
 

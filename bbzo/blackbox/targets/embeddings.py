@@ -11,7 +11,7 @@ import time
 import torch
 from sentence_transformers import SentenceTransformer
 
-from bbzo.blackbox.query.request import Request, Response
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets import models
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import InputError, TargetError

@@ -1,6 +1,6 @@
 """``HFTarget``: a local causal language model through transformers (spec ``hf:<alias-or-path>``).
 
-What it answers (``bbzo.blackbox.query.request`` has the payload/output table):
+What it answers (``bbzo.blackbox.protocol`` has the payload/output table):
 
 - ``letter_logprobs``: full-vocabulary log-softmax at the position after the prompt, read at each
   letter's token forms (``"A"`` and ``" A"``, those that are one token in this tokenizer);
@@ -42,7 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from bbzo.blackbox.query.request import Request, Response, Usage
+from bbzo.blackbox.protocol import Request, Response, Usage
 from bbzo.blackbox.targets import models
 from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.stops import StopWatch, cut, parse_stop

@@ -5,7 +5,7 @@ official ``openai`` client is used with ``max_retries=0``: the query layer's ``R
 owns retries, so the two layers never multiply. The client lives on its own event-loop thread,
 so it outlives the short-lived loops of ``QueryLayer.submit``.
 
-Request kinds (payload/output as in ``bbzo.blackbox.query.request``):
+Request kinds (payload/output as in ``bbzo.blackbox.protocol``):
 
 - ``chat`` / ``generate``: one chat completion. ``params`` may hold ``max_tokens`` (sent as
   ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or a
@@ -53,8 +53,7 @@ from typing import Any
 
 import openai
 
-from bbzo.blackbox.query.request import Request, Response, Usage
-from bbzo.blackbox.query.retry import error_for_status, parse_retry_after
+from bbzo.blackbox.protocol import Request, Response, Usage, error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.stops import parse_stop
 from bbzo.checks import int_at_least, positive

@@ -1,6 +1,7 @@
 """Zeroth-order optimisation: estimators, composable modules, update rules, minimize,
 seeded in-place perturbation of torch modules, population search."""
 
+from bbzo.blackbox.zo.es import EvolutionStrategy, centered_ranks
 from bbzo.blackbox.zo.estimators import CGE, RGE, Estimator, RankEstimator, make_estimator
 from bbzo.blackbox.zo.minimize import OptimizeResult, estimate_gradient, minimize
 from bbzo.blackbox.zo.modules import (
@@ -19,9 +20,7 @@ from bbzo.blackbox.zo.modules import (
 from bbzo.blackbox.zo.objective import Objective
 from bbzo.blackbox.zo.population import (
     AskTell,
-    EvolutionStrategy,
     GeneticAlgorithm,
-    centered_ranks,
     gaussian_mutation,
     population_minimize,
     resample_mutation,

@@ -1,4 +1,6 @@
-"""What travels on the one road every query takes: ``Request`` in, ``Response`` out.
+"""The bottom of ``bbzo.blackbox``: what travels on the one road every query takes (``Request``
+in, ``Response`` out) and how an HTTP status becomes an error. ``targets`` and ``query`` both
+import this module and it imports neither.
 
 A request is plain JSON data, frozen at creation: its canonical key (the ledger's primary key)
 is computed once from a canonical JSON dump, so later mutation of the caller's dicts cannot
@@ -22,12 +24,15 @@ same request with the same sample index is answered from the ledger, a new index
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bbzo.errors import InputError
+from bbzo.errors import InputError, PermanentError, TargetError, TransientError
 
 KINDS = ("chat", "letter_logprobs", "option_loglik", "generate", "embed", "classify")
 
@@ -113,3 +118,28 @@ class Response:
     latency_s: float = 0.0
     cached: bool = False
     meta: dict = field(default_factory=dict)
+
+
+_RETRYABLE = frozenset({408, 409, 425, 429})
+
+
+def error_for_status(status: int, message: str, retry_after: float | None = None) -> TargetError:
+    """The exception a target should raise for an HTTP error ``status``."""
+    if status in _RETRYABLE or status >= 500:
+        return TransientError(message, status=status, retry_after=retry_after)
+    return PermanentError(message, status=status)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

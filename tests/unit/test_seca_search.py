@@ -14,6 +14,7 @@ from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.search import choose_target, seca_search
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.targets.hf import HFTarget
+from bbzo.blackbox.zo.population import initial_parents
 from bbzo.errors import InputError
 
 WORDS = ["capital", "city", "France", "which", "named", "main", "seat", "government", "of",
@@ -399,7 +400,8 @@ PINNED = {'seca': [{'parents': ['What is the capital of France?',
 
 @pytest.mark.parametrize("name, kwargs", [
     ("seca", dict(parents=3, candidates=3, iterations=8)),
-    ("random", dict(parents=3, candidates=3, iterations=8, from_original=True, max_scored=50)),
+    ("random", dict(parents=3, candidates=3, iterations=8, select=initial_parents,
+                    max_scored=50)),
     ("early", dict(parents=2, candidates=3, iterations=8)),
 ])
 def test_decisions_are_pinned(objective, hard, eligible, name, kwargs):

@@ -70,12 +70,15 @@ class MarginalFitness:
         known = [c for c in children if self.incremental and c.parent is not None]
         if known:
             parents = [brood.parents[c.parent] for c in known]
-            counts = np.stack([p.stats for p in parents])
-            owner = np.repeat(np.arange(len(known)), [len(c.changes) for c in known])[:, None]
             old = np.concatenate([p.value[c.changes] for p, c in zip(parents, known, strict=True)])
             new = np.concatenate([c.value[c.changes] for c in known])
-            np.add.at(counts, (owner, self.marginals.cell_index(old)), -1)
-            np.add.at(counts, (owner, self.marginals.cell_index(new)), 1)
+            owner = np.repeat(np.arange(len(known)) * self.marginals.cells,
+                              [len(c.changes) for c in known])[:, None]
+            size = len(known) * self.marginals.cells
+            delta = (np.bincount((owner + self.marginals.cell_index(new)).ravel(), minlength=size)
+                     - np.bincount((owner + self.marginals.cell_index(old)).ravel(),
+                                   minlength=size))
+            counts = np.stack([p.stats for p in parents]) + delta.reshape(len(known), -1)
             self.rows_counted += len(old) + len(new)
             for child, row in zip(known, counts, strict=True):
                 child.stats = row

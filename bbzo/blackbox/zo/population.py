@@ -728,17 +728,25 @@ def resample_rows(domain_sizes: int | Sequence[int], *, rows: int = 1,
     per_parent = int_at_least("per_parent", per_parent, 1)
 
     def mutate(parents: list[np.ndarray], rng: np.random.Generator) -> list[Child]:
+        if not parents:
+            return []
+        n, m = parents[0].shape if parents[0].ndim == 2 else (0, 0)
+        if any(p.shape != (n, m) for p in parents) or m == 0 or sizes.ndim > 1 \
+                or sizes.size not in (1, m):
+            raise InputError(f"resample_rows needs (N, m) tables of one shape and one domain "
+                             f"size or m of them, got tables of shape {parents[0].shape} and "
+                             f"{sizes.size} sizes")
+        count = len(parents) * per_parent
+        if rows == 1:
+            index = rng.integers(n, size=(count, 1))
+        else:
+            index = np.stack([_pick("rows", rows, n, rng) for _ in range(count)])
+        values = rng.integers(0, sizes, (count, rows, m))
         children = []
-        for i, parent in enumerate(parents):
-            if parent.ndim != 2 or sizes.ndim > 1 or sizes.size not in (1, parent.shape[1]):
-                raise InputError(f"resample_rows needs (N, m) tables and one domain size or m of "
-                                 f"them, got a table of shape {parent.shape} and "
-                                 f"{sizes.size} sizes")
-            for _ in range(per_parent):
-                index = _pick("rows", rows, parent.shape[0], rng)
-                child = parent.copy()
-                child[index] = rng.integers(0, sizes, (rows, parent.shape[1]))
-                children.append(Child(child, i, index))
+        for k in range(count):
+            child = parents[k // per_parent].copy()
+            child[index[k]] = values[k]
+            children.append(Child(child, k // per_parent, index[k]))
         return children
 
     return mutate

@@ -124,7 +124,7 @@ def test_partial_last_generation_is_cut_to_the_budget():
         assert result.nqueries == budget.queries == total
         assert [h["children"] for h in result.history] == [6] * (total // 6) + (
             [total % 6] if total % 6 else [])
-        assert sum(h["cut"] for h in result.history) == -total % 6
+        assert sum(h["dropped"] for h in result.history) == -total % 6
 
 
 def test_selection_strategies():

@@ -193,7 +193,7 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
 
     def record(info: dict) -> None:
         result.best = search.best_child.stats
-        result.unscored += info["cut"]
+        result.unscored += info["dropped"]
         result.improvers += info["improvers"]
         result.feasible += info["feasible"]
         result.steps = info["nit"]

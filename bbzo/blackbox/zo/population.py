@@ -72,14 +72,15 @@ class Child:
 
 class Brood(list):
     """One generation's batch: the children's values in order (what a plain objective scores),
-    with ``children`` (their ``Child`` records) and ``parents`` (the ``Child`` records, with
-    ``stats`` and ``loss``, that ``Child.parent`` indexes)."""
+    with ``children`` (their ``Child`` records), ``parents`` (the ``Child`` records, with
+    ``stats`` and ``loss``, that ``Child.parent`` indexes) and ``dropped`` (children cut away
+    unscored because the budget was spent, see ``PopulationSearch.cut``)."""
 
     def __init__(self, children: Sequence[Child], parents: Sequence[Child] = ()) -> None:
         super().__init__(c.value for c in children)
         self.children = list(children)
         self.parents = list(parents)
-        self.cut = 0
+        self.dropped = 0
 
 
 BatchMutation = Callable[[list[Any], np.random.Generator], list[Child]]
@@ -333,7 +334,7 @@ class PopulationSearch(AskTell):
         brood = self._pending
         if brood is None or not 0 <= k <= len(brood):
             raise InputError(f"cut({k}) needs a pending batch of at least {k} children")
-        brood.cut = len(brood) - k
+        brood.dropped = len(brood) - k
         del brood[k:]
         del brood.children[k:]
 
@@ -393,7 +394,7 @@ class PopulationSearch(AskTell):
         if not self.members:
             self._take_initial(batch.children, losses)
             self.last = {"children": len(batch), "improvers": 0, "feasible": 0,
-                         "cut": batch.cut}
+                         "dropped": batch.dropped}
             return
         for c, loss in zip(batch.children, losses.tolist(), strict=True):
             c.loss = loss
@@ -420,7 +421,7 @@ class PopulationSearch(AskTell):
             if top.loss < self._best_child.loss:
                 self._set_best(top)
         self.last = {"children": len(batch), "improvers": len(improvers),
-                     "feasible": len(accepted), "cut": batch.cut}
+                     "feasible": len(accepted), "dropped": batch.dropped}
 
     def _config(self) -> dict:
         return {"elite_size": self.elite_size, "children": self.children,
@@ -538,7 +539,7 @@ def population_minimize(fun: Callable[[Any], Any], optimizer: AskTell, *,
         per generation (``nit``, ``nqueries``, ``loss`` = the generation's mean loss (nan for
         an empty one), ``best``, ``lr`` = the optimiser's step size, 0 for a population search,
         plus ``optimizer.report()``: for a ``PopulationSearch`` ``children``, ``improvers``,
-        ``feasible``, ``cut``), ``lr``; ``message`` says why it stopped.
+        ``feasible``, ``dropped``), ``lr``; ``message`` says why it stopped.
     """
     if not callable(fun):
         raise InputError("fun must be callable as fun(batch) -> losses of shape (n,)")

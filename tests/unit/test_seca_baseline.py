@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from seca_support import QUESTION, ScriptedProposer, save_roomy_lm, save_tiny_embedder
 
+from bbzo.attacks.seca.baseline import parent_selection
 from bbzo.attacks.seca.constraints import Verdict
 from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.questions import Question
@@ -57,8 +58,9 @@ def rewrite(step: int, i: int, j: int, parent: str) -> str | None:
 
 def search(objective, *, from_original, iterations=4, max_scored=None):
     proposer = ScriptedProposer(rewrite)
+    select = parent_selection("random" if from_original else None)
     result = seca_search(QUESTION, objective=objective, proposer=proposer, checks=PassAll(),
-                         target=1, iterations=iterations, from_original=from_original,
+                         target=1, iterations=iterations, select=select,
                          max_scored=max_scored, original_logp=np.log([0.97, 0.01, 0.01, 0.01]))
     return proposer.calls, result
 

@@ -14,6 +14,7 @@ from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.search import choose_target, seca_search
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.targets.hf import HFTarget
+from bbzo.blackbox.zo.population import initial_parents
 from bbzo.errors import InputError
 
 WORDS = ["capital", "city", "France", "which", "named", "main", "seat", "government", "of",
@@ -199,3 +200,210 @@ def test_bad_arguments(objective, eligible):
     short.propose = lambda *a: ["only one"]
     with pytest.raises(InputError, match="parents x candidates"):
         seca_search(q, proposer=short, target=target, **kwargs)
+
+
+# ---------------------------------------------------------------- pinned decisions
+
+
+class Recorded:
+    """Wraps the objective and the checks and logs, per step, what the search asked of them."""
+
+    def __init__(self, objective, checks) -> None:
+        self.objective, self.checks = objective, checks
+        self.scored: list[list[str]] = []
+        self.checked: list[list[str]] = []
+
+    def evaluate(self, question, texts):
+        self.scored.append(list(texts))
+        return self.objective.evaluate(question, texts)
+
+    def check(self, question, texts):
+        self.checked.append(list(texts))
+        return self.checks.check(question, texts)
+
+
+def edit(step: int, i: int, j: int, parent: str) -> str | None:
+    """A rewrite of ``parent`` replacing one of its words (so parents steer the proposals); one
+    proposal in seven is unusable."""
+    rng = np.random.default_rng([step, i, j, 7])
+    if rng.integers(7) == 0:
+        return None
+    words = parent.rstrip("?").split()
+    words[int(rng.integers(len(words)))] = str(rng.choice(WORDS))
+    return " ".join(words) + "?"
+
+
+def decisions(question, target, objective, rule, **kwargs) -> list[dict]:
+    """Per step: the parents, the texts proposed, scored and checked (the improvers), the
+    feasible ones, and the best text and score after the step; then the final outcome."""
+    proposer = ScriptedProposer(edit)
+    spy = Recorded(objective, RecordingChecks(rule))
+    result = seca_search(question, objective=spy, proposer=proposer, checks=spy, target=target,
+                         original_logp=objective.evaluate(question, [question.question])[0],
+                         **kwargs)
+    checked = iter(spy.checked)
+    log = []
+    for call, scored, row in zip(proposer.calls, spy.scored, result.trace, strict=True):
+        assert scored == [t for t in call["texts"] if t][:len(scored)]  # in order, capped
+        improvers = next(checked) if row["improvers"] else []
+        log.append({"parents": call["parents"], "scored": len(scored), "improvers": improvers,
+                    "feasible": [t for t in improvers if rule(t)], "best": round(row["best"], 4)})
+    assert next(checked, None) is None
+    log.append({"best": result.best.text, "score": round(result.best.score, 4),
+                "steps": result.steps, "stopped_early": result.stopped_early,
+                "counts": [result.proposals, result.unusable, result.unscored,
+                           result.improvers, result.feasible]})
+    return log
+
+
+def feasible_by_length(text: str) -> bool:
+    return len(text) % 3 != 0
+
+
+# Generated once by today's search (before its move onto bbzo.blackbox.zo.population): the
+# decisions any later implementation must reproduce on this model, proposer and checks.
+PINNED = {'seca': [{'parents': ['What is the capital of France?',
+                       'What is the capital of France?',
+                       'What is the capital of France?'],
+           'scored': 8,
+           'improvers': ['What is the capital known France?',
+                         'What is the capital seat France?',
+                         'What is capital capital of France?'],
+           'feasible': ['What is the capital seat France?', 'What is capital capital of France?'],
+           'best': -5.0585},
+          {'parents': ['What is the capital seat France?',
+                       'What is capital capital of France?',
+                       'What is the capital of France?'],
+           'scored': 7,
+           'improvers': [],
+           'feasible': [],
+           'best': -5.0585},
+          {'parents': ['What is the capital seat France?',
+                       'What is capital capital of France?',
+                       'What is the capital of France?'],
+           'scored': 9,
+           'improvers': [],
+           'feasible': [],
+           'best': -5.0585},
+          {'parents': ['What is the capital seat France?',
+                       'What is capital capital of France?',
+                       'What is the capital of France?'],
+           'scored': 7,
+           'improvers': ['What is the capital chief France?'],
+           'feasible': [],
+           'best': -5.0585},
+          {'parents': ['What is the capital seat France?',
+                       'What is capital capital of France?',
+                       'What is the capital of France?'],
+           'scored': 5,
+           'improvers': ['What is the capital seat which?'],
+           'feasible': ['What is the capital seat which?'],
+           'best': -5.031},
+          {'parents': ['What is the capital seat which?',
+                       'What is the capital seat France?',
+                       'What is capital capital of France?'],
+           'scored': 7,
+           'improvers': [],
+           'feasible': [],
+           'best': -5.031},
+          {'parents': ['What is the capital seat which?',
+                       'What is the capital seat France?',
+                       'What is capital capital of France?'],
+           'scored': 8,
+           'improvers': [],
+           'feasible': [],
+           'best': -5.031},
+          {'parents': ['What is the capital seat which?',
+                       'What is the capital seat France?',
+                       'What is capital capital of France?'],
+           'scored': 7,
+           'improvers': ['What is the capital which which?'],
+           'feasible': ['What is the capital which which?'],
+           'best': -5.0245},
+          {'best': 'What is the capital which which?',
+           'score': -5.0245,
+           'steps': 8,
+           'stopped_early': False,
+           'counts': [72, 14, 0, 6, 4]}],
+ 'random': [{'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 8,
+             'improvers': ['What is the capital known France?',
+                           'What is the capital seat France?',
+                           'What is capital capital of France?'],
+             'feasible': ['What is the capital seat France?',
+                          'What is capital capital of France?'],
+             'best': -5.0585},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 7,
+             'improvers': [],
+             'feasible': [],
+             'best': -5.0585},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 9,
+             'improvers': [],
+             'feasible': [],
+             'best': -5.0585},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 7,
+             'improvers': ['What is the capital chief France?'],
+             'feasible': [],
+             'best': -5.0585},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 5,
+             'improvers': ['What city the capital of France?'],
+             'feasible': ['What city the capital of France?'],
+             'best': -5.0525},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 7,
+             'improvers': [],
+             'feasible': [],
+             'best': -5.0525},
+            {'parents': ['What is the capital of France?',
+                         'What is the capital of France?',
+                         'What is the capital of France?'],
+             'scored': 7,
+             'improvers': [],
+             'feasible': [],
+             'best': -5.0525},
+            {'best': 'What city the capital of France?',
+             'score': -5.0525,
+             'steps': 7,
+             'stopped_early': False,
+             'counts': [63, 12, 1, 5, 3]}],
+ 'early': [{'parents': ['What is the capital of France?', 'What is the capital of France?'],
+            'scored': 6,
+            'improvers': ['What is the capital known France?',
+                          'What is the capital named France?',
+                          'What is the capital seat France?',
+                          'capital is the capital of France?',
+                          'What is capital capital of France?'],
+            'feasible': ['What is the capital seat France?', 'What is capital capital of France?'],
+            'best': -1.0216},
+           {'best': 'What is capital capital of France?',
+            'score': -1.0216,
+            'steps': 1,
+            'stopped_early': True,
+            'counts': [6, 0, 0, 5, 2]}]}
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("seca", dict(parents=3, candidates=3, iterations=8)),
+    ("random", dict(parents=3, candidates=3, iterations=8, select=initial_parents,
+                    max_scored=50)),
+    ("early", dict(parents=2, candidates=3, iterations=8)),
+])
+def test_decisions_are_pinned(objective, hard, eligible, name, kwargs):
+    q, target = eligible if name == "early" else hard
+    assert decisions(q, target, objective, feasible_by_length, **kwargs) == PINNED[name]

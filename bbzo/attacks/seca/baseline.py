@@ -3,9 +3,10 @@ against.
 
 It runs through ``run_seca`` (``SecaConfig(baseline="random")``, ``bbzo attack seca --baseline
 random``) with the same proposer, objective and checks, and writes the same files, so the two
-runs compare field by field. The one difference: every step proposes from N copies of the
-original question, never from earlier rewrites, so the objective never chooses what is
-proposed. Each rewrite is still scored (one target query per text, as in SECA); the scores only
+runs compare field by field. The one difference is the parent-selection strategy of the
+population search (``parent_selection``): every step proposes from N copies of the original
+question (``initial_parents``), never from earlier rewrites, so the objective never chooses what
+is proposed. Each rewrite is still scored (one target query per text, as in SECA); the scores only
 pick which rewrites go to the checks (those beating the best so far) and which feasible one is
 reported: best of n random feasible rephrasings.
 
@@ -21,9 +22,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.blackbox.zo.population import Selection, elite_parents, initial_parents
 from bbzo.errors import InputError
 
-BASELINES = ("random",)
+STRATEGIES: dict[str, Selection] = {"random": initial_parents}
+BASELINES = tuple(STRATEGIES)
+
+
+def parent_selection(baseline: str | None) -> Selection:
+    """The parent selection of a run: SECA's own (``elite_parents``) for None, else the
+    baseline's (``random``: ``initial_parents``)."""
+    if baseline is None:
+        return elite_parents
+    if baseline not in STRATEGIES:
+        raise InputError(f"baseline must be one of {', '.join(map(repr, BASELINES))} or None, "
+                         f"got {baseline!r}")
+    return STRATEGIES[baseline]
 
 
 def _read_run(folder: Path) -> tuple[dict, list[dict]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bbzo.attacks.seca.baseline import BASELINES, matched_budgets
+from bbzo.attacks.seca.baseline import BASELINES, matched_budgets, parent_selection
 from bbzo.attacks.seca.constraints import (
     Checks,
     Constraint,
@@ -330,7 +330,7 @@ def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: Roles,
             q, objective=parts.objective, proposer=parts.proposer, checks=parts.checks,
             target=target, parents=config.parents, candidates=config.candidates,
             iterations=config.iterations, original_logp=logp0,
-            from_original=config.baseline == "random", max_scored=max_scored,
+            select=parent_selection(config.baseline), max_scored=max_scored,
             progress=None if progress is None else lambda i, n: progress("search", i, n))
         best = search.best
         verdicts = best.verdicts

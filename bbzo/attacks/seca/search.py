@@ -1,20 +1,24 @@
 """SECA's constraint-preserving search over rewrites of one question (zeroth order: the target is
-only queried).
+only queried), as a configuration of ``bbzo.blackbox.zo.population.PopulationSearch``.
 
 State: N parents (at the start, N copies of the original) and the global best feasible rewrite.
 Each step:
 
-1. the proposer writes M rewrites of every parent (N·M candidates);
-2. the objective scores all of them in one batch: log p(target option);
-3. only candidates that beat the global best ("improvers") go to the checks, in one batch;
+1. the proposer writes M rewrites of every parent (N·M candidates; one batched mutation);
+2. the objective scores all of them in one batch: log p(target option) (the search minimises
+   its negation);
+3. only candidates that beat the global best ("improvers", ``improvers="best"``, duplicates
+   dropped) go to the checks, in one batch;
 4. feasible improvers update the global best;
-5. the next parents are the top-N feasible improvers, padded with the best previous parents;
-6. the search stops early once the target option is the target model's top choice.
+5. the next parents are the top-N feasible improvers, padded with the best previous parents
+   (the elite of size N);
+6. the search stops early once the target option is the target model's top choice (``stop``).
 
-With ``from_original`` every step proposes from N copies of the original instead (the random
-baseline: the objective never chooses what is proposed, only which proposal is reported);
-``max_scored`` caps the candidates scored, so a baseline can spend exactly a SECA run's target
-queries.
+The parent selection is a strategy: ``elite_parents`` (SECA) or ``initial_parents`` (the random
+baseline, ``baseline.py``: every step proposes from N copies of the original, so the objective
+never chooses what is proposed, only which proposal is reported). ``max_scored`` caps the
+candidates scored (a budget whose last step may be cut), so a baseline can spend exactly a SECA
+run's target queries.
 
 Eligibility (``choose_target``): a question is attacked only if the target model ranks the
 correct option first; the target option is its second most likely.
@@ -31,6 +35,14 @@ from bbzo.attacks.seca.constraints import ASPECTS, Constraint, Verdict
 from bbzo.attacks.seca.objective import Objective
 from bbzo.attacks.seca.proposer import Proposer
 from bbzo.attacks.seca.questions import Question
+from bbzo.blackbox.zo.population import (
+    Brood,
+    Child,
+    PopulationSearch,
+    Selection,
+    elite_parents,
+    population_minimize,
+)
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 
@@ -106,10 +118,31 @@ class SearchResult:
             counts["parse_failures"] += any(v.parse_failed for v in mine)
 
 
+class _Rewrites:
+    """SECA's batched mutation: one proposer call writes ``m`` rewrites of every parent; unusable
+    ones (no text) are counted in ``result`` and dropped."""
+
+    def __init__(self, question: Question, proposer: Proposer, m: int,
+                 result: SearchResult) -> None:
+        self.question, self.proposer, self.m, self.result = question, proposer, m, result
+        self.step = 0
+
+    def __call__(self, parents: list[str], rng: np.random.Generator) -> list[Child]:
+        texts = self.proposer.propose(self.question, parents, self.m, self.step)
+        self.step += 1
+        if len(texts) != len(parents) * self.m:
+            raise InputError(f"proposer returned {len(texts)} rewrites for {len(parents)} "
+                             f"parents x {self.m}; it must return parents x candidates")
+        self.result.proposals += len(texts)
+        children = [Child(t, k // self.m) for k, t in enumerate(texts) if t]
+        self.result.unusable += len(texts) - len(children)
+        return children
+
+
 def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
                 checks: Constraint, target: int, parents: int = 3, candidates: int = 3,
                 iterations: int = 30, original_logp: np.ndarray | None = None,
-                from_original: bool = False, max_scored: int | None = None,
+                select: Selection = elite_parents, max_scored: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Search for a feasible rewrite of ``question`` that makes ``target`` the top option.
 
@@ -123,7 +156,8 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
         candidates: M, rewrites per parent per step.
         iterations: most steps.
         original_logp: the original's scores if already known (saves one evaluation).
-        from_original: propose from the original at every step (the random baseline).
+        select: the parent selection: ``elite_parents`` (SECA) or ``initial_parents`` (the
+            random baseline; see ``baseline.parent_selection``).
         max_scored: most candidates scored (None: no cap); the search ends when it is spent.
         progress: called as ``progress(step, iterations)`` after each step.
     """
@@ -139,45 +173,41 @@ def seca_search(question: Question, *, objective: Objective, proposer: Proposer,
         original_logp = objective.evaluate(question, [question.question])[0]
     original = Candidate(question.question, np.asarray(original_logp, dtype=float), target)
     result = SearchResult(original, original)
-    pool = [original] * n
-    for step in range(iterations):
-        if left == 0:
-            break
-        texts = proposer.propose(question, [p.text for p in pool], m, step)
-        if len(texts) != n * m:
-            raise InputError(f"proposer returned {len(texts)} rewrites for {n} parents x {m}; "
-                             f"it must return parents x candidates")
-        usable = [t for t in texts if t]
-        result.proposals += len(texts)
-        result.unusable += len(texts) - len(usable)
-        if left is not None:
-            result.unscored += max(0, len(usable) - left)
-            usable = usable[:left]
-            left -= len(usable)
-        scores = objective.evaluate(question, usable)
-        children = [Candidate(t, lp, target) for t, lp in zip(usable, scores, strict=True)]
-        improvers = list({c.text: c for c in children if c.score > result.best.score}.values())
-        feasible = []
-        for child, verdicts in zip(improvers, checks.check(question, [c.text for c in improvers])
-                                   if improvers else [], strict=True):
-            child.verdicts = verdicts
+    if left == 0:
+        return result
+
+    def negated_scores(brood: Brood) -> list[float]:
+        scores = objective.evaluate(question, list(brood))
+        for child, logp in zip(brood.children, scores, strict=True):
+            child.stats = Candidate(child.value, logp, target)
+        return [-child.stats.score for child in brood.children]
+
+    def feasible(improvers: list[Child]) -> list[bool]:
+        passed = []
+        for child, verdicts in zip(improvers, checks.check(question, [c.value for c in improvers]),
+                                   strict=True):
+            child.stats.verdicts = verdicts
             result.note(verdicts)
-            if all(v.passed for v in verdicts):
-                feasible.append(child)
-        feasible.sort(key=lambda c: c.score, reverse=True)
-        if feasible:
-            result.best = feasible[0]
-        if not from_original:
-            old = sorted(pool, key=lambda c: c.score, reverse=True)
-            pool = (feasible + old)[:n]
-        result.improvers += len(improvers)
-        result.feasible += len(feasible)
-        result.steps = step + 1
-        result.trace.append({"step": step + 1, "improvers": len(improvers),
-                             "feasible": len(feasible), "best": round(result.best.score, 6)})
+            passed.append(all(v.passed for v in verdicts))
+        return passed
+
+    def record(info: dict) -> None:
+        result.best = search.best_child.stats
+        result.unscored += info["dropped"]
+        result.improvers += info["improvers"]
+        result.feasible += info["feasible"]
+        result.steps = info["nit"]
+        result.trace.append({"step": info["nit"], "improvers": info["improvers"],
+                             "feasible": info["feasible"], "best": round(result.best.score, 6)})
         if progress is not None:
-            progress(step + 1, iterations)
-        if result.best.hit:
-            result.stopped_early = step + 1 < iterations
-            break
+            progress(info["nit"], iterations)
+
+    search = PopulationSearch(
+        [Child(original.text, stats=original)] * n, init_losses=[-original.score] * n,
+        mutate=_Rewrites(question, proposer, m, result), elite_size=n, children=n * m,
+        select=select, feasible=feasible, improvers="best", key=lambda text: text,
+        stop=lambda best: best.stats.hit, partial=True)
+    run = population_minimize(negated_scores, search, budget=left, generations=iterations,
+                              callback=record)
+    result.stopped_early = search.done and run.nit < iterations
     return result

@@ -20,12 +20,21 @@ from bbzo.blackbox.zo.modules import (
 from bbzo.blackbox.zo.objective import Objective
 from bbzo.blackbox.zo.population import (
     AskTell,
+    Brood,
+    Child,
     GeneticAlgorithm,
+    PopulationSearch,
+    batched_crossover,
+    batched_mutation,
+    elite_parents,
     gaussian_mutation,
+    initial_parents,
     population_minimize,
     resample_mutation,
+    resample_rows,
     row_crossover,
     uniform_crossover,
+    uniform_parents,
 )
 from bbzo.blackbox.zo.seeded import (
     SeededPerturbation,
@@ -46,5 +55,7 @@ __all__ = [
     "make_estimator", "make_module", "minimize", "momentum", "orthogonal", "population_minimize",
     "random_mask",
     "resample_mutation", "row_crossover", "sign", "uniform_crossover",
+    "Brood", "Child", "PopulationSearch", "batched_crossover", "batched_mutation",
+    "elite_parents", "initial_parents", "resample_rows", "uniform_parents",
     "SeededPerturbation", "SeededZO", "StepRecord", "replay", "seeded_normal", "zo_step",
 ]

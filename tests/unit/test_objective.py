@@ -111,7 +111,8 @@ def test_budget_is_never_exceeded(limit, q, d, estimator, method, auto):
 
     q = max(q, 2) if estimator == "rank" else q
     try:
-        res = bbzo.minimize(fun, np.ones(d), estimator=estimator, q=q, method=method,
+        res = bbzo.minimize(fun, np.ones(d), estimator=estimator,
+                            q=None if estimator == "cge" else q, method=method,
                             budget=limit, lr=None if auto else 0.01, maxiter=50)
     except BudgetExceeded as err:
         assert "too small" in str(err)

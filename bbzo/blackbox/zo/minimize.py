@@ -11,7 +11,7 @@ import torch
 from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.zo.estimators import Estimator, make_estimator
 from bbzo.blackbox.zo.objective import Objective, as_points, as_vector
-from bbzo.blackbox.zo.transforms import Chain, Context, Module, Probe, chain
+from bbzo.blackbox.zo.transforms import Chain, Context, Module, chain, probe_value
 from bbzo.blackbox.zo.update import method_tail
 from bbzo.checks import int_at_least, positive
 from bbzo.errors import BudgetExceeded, InputError
@@ -66,14 +66,6 @@ def _modules(method: str, modules: Module | Sequence[Module]) -> Chain:
         raise InputError(f"method={method!r} adds {tail[0]!r} and modules hold another update "
                          f"rule; use method='zo-sgd' or drop the rule from modules")
     return chain(given, *tail)
-
-
-def _probe_loss(probe: Probe) -> torch.Tensor:
-    """f(x) when measured, else the mean of the probe values (f(x) + O(μ²) for central pairs)."""
-    if probe.f_center is not None:
-        return probe.f_center
-    values = probe.f_plus if probe.f_minus is None else torch.cat([probe.f_plus, probe.f_minus])
-    return values.mean()
 
 
 def _line_search(objective: Objective, x: torch.Tensor, direction: torch.Tensor,
@@ -160,7 +152,7 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
             ctx = Context(x=x, step=nit, generator=generator, mu=est.mu)
             g, new_state, probe = est.estimate(objective, x, module, state, ctx)
             g, new_state = module.update(g, new_state, ctx)
-            loss = float(_probe_loss(probe))
+            loss = float(probe_value(probe))
             if f_start is None:
                 f_start = loss
             blew_up = False

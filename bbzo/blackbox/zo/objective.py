@@ -69,6 +69,25 @@ def as_points(x: ArrayLike, *, name: str = "x") -> tuple[torch.Tensor, bool, boo
     return torch.stack([v for v, _ in vectors]), vectors[0][1], False
 
 
+def meters_queries(fun: Any) -> bool:
+    """Whether ``fun`` meters its own queries (budget and ledger of its own)."""
+    return bool(getattr(fun, "meters_queries", False))
+
+
+def resolve_budget(fun: Any, budget: Budget | int | None) -> Budget:
+    """The budget calls of ``fun`` spend: ``fun.budget`` for a self-metering fun (``budget``
+    must then be None or that object), else ``as_budget(budget)``."""
+    if not meters_queries(fun):
+        return as_budget(budget)
+    own = getattr(fun, "budget", None)
+    if not isinstance(own, Budget):
+        raise InputError("a fun with meters_queries must have a bbzo.Budget as fun.budget")
+    if budget is not None and budget is not own:
+        raise InputError("this fun meters its own queries: set the budget on it (fun.budget), "
+                         "not with budget=")
+    return own
+
+
 class Objective:
     """A counted, budgeted, validated batched objective ``X (n, d) -> (n,)``.
 
@@ -90,21 +109,13 @@ class Objective:
         if not callable(fun):
             raise InputError(f"fun must be callable as fun(X) with X of shape (n, d), got "
                              f"{type(fun).__name__}")
-        self.metered = bool(getattr(fun, "meters_queries", False))
-        if self.metered:
-            own = getattr(fun, "budget", None)
-            if not isinstance(own, Budget):
-                raise InputError("a fun with meters_queries must have a bbzo.Budget as "
-                                 "fun.budget")
-            if budget is not None and budget is not own:
-                raise InputError("this fun meters its own queries: set the budget on it "
-                                 "(fun.budget), not with budget=")
+        self.metered = meters_queries(fun)
+        self.budget = resolve_budget(fun, budget)
         self.fun = fun
         self.dim = like.numel()
         self.dtype = like.dtype
         self.device = like.device
         self.numpy_io = numpy_io
-        self.budget = fun.budget if self.metered else as_budget(budget)
         self.nqueries = 0
         self.ncalls = 0
         self.best_x: torch.Tensor | None = None

@@ -78,6 +78,14 @@ def difference_scalars(f_plus: torch.Tensor, f_minus: torch.Tensor | None,
     return (f_plus - f_center) / mu
 
 
+def probe_value(probe: Probe) -> torch.Tensor:
+    """f(x) when measured, else the mean of the probe values (f(x) + O(μ²) on a smooth f)."""
+    if probe.f_center is not None:
+        return probe.f_center
+    values = probe.f_plus if probe.f_minus is None else torch.cat([probe.f_plus, probe.f_minus])
+    return values.mean()
+
+
 class Module:
     """Base class: every hook is the identity. Subclasses override the hooks they need.
 

@@ -45,7 +45,8 @@ from bbzo.blackbox.zo.update import adam, momentum, sign
 __all__ = [
     "CGE", "MODULES", "RGE", "AskTell", "Chain", "Context", "Estimator", "EvolutionStrategy",
     "GeneticAlgorithm", "Module", "Objective", "OptimizeResult", "Probe", "RankEstimator", "adam",
-    "antithetic", "blockwise", "centered_rank", "centered_ranks", "chain", "clip_scalars", "estimate_gradient",
+    "antithetic", "blockwise", "centered_rank", "centered_ranks", "chain", "clip_scalars",
+    "estimate_gradient",
     "gaussian_mutation", "hizoo", "history_subspace", "low_rank", "magnitude_mask",
     "make_estimator", "make_module", "minimize", "momentum", "orthogonal", "population_minimize",
     "random_mask",

@@ -21,8 +21,9 @@ Order matters in a chain: modules that confine directions (masks, ``blockwise``,
 ``low_rank``) or orthogonalise them come first, then ``antithetic`` (pairs must stay pairs),
 then ``hizoo`` (the last module that changes directions); fitness shaping (``centered_rank``,
 ``standardize``) comes before ``clip_scalars``; ``history_subspace`` acts on the estimate.
-Hooks run once per row of a batch, each row with its own state. ``orthogonal`` is meant for full-space directions:
-after a mask it still scales rows to √d, before one the rows stop being orthogonal.
+``orthogonal`` is meant for full-space directions: after a mask it still scales rows to √d,
+before one the rows stop being orthogonal. Hooks run once per row of a batch, each row with its
+own state.
 """
 
 from __future__ import annotations

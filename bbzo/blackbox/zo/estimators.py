@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from bbzo.blackbox.zo.directions import DISTRIBUTIONS, sample_directions
-from bbzo.blackbox.zo.transforms import Context, Module, Probe, difference_scalars
+from bbzo.blackbox.zo.transforms import Context, Module, Probe, acts_at, difference_scalars
 from bbzo.checks import int_at_least, one_of, positive
 from bbzo.errors import InputError
 
 Batched = Callable[[torch.Tensor], torch.Tensor]  # (n, d) -> (n,)
 Ranker = Callable[[torch.Tensor], torch.Tensor]   # (m, d) -> (m,) indices, best first
-# (f_plus, f_minus, f_center, mu) -> (k,) scalars of one row
+# (f_plus (B, k), f_minus (B, k) | None, f_center (B, 1) | None, mu) -> (B, k) scalars
 Scalars = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float], torch.Tensor]
 
 
@@ -74,7 +74,7 @@ def ask_rows(x: torch.Tensor, u: torch.Tensor, module: Module, states: Sequence[
         states, contexts: one module state and one ``Context`` per row.
     """
     states = list(states)
-    if type(module).directions is not Module.directions:
+    if acts_at(module, "directions"):
         rows = []
         for b in range(x.shape[0]):
             ub, states[b] = module.directions(u[b], states[b], contexts[b])
@@ -98,8 +98,9 @@ def tell_rows(asked: Asked, y: torch.Tensor, module: Module, scalars: Scalars, *
               ) -> tuple[torch.Tensor, list, list[Probe]]:
     """Finish the estimates from the (B·n,) values of ``asked.points``.
 
-    Per row: ``observe`` → ``scalars(f_plus, f_minus, f_center, mu)`` → module ``scalars`` →
-    ĝ = Σ sᵢuᵢ / scale(k) → module ``gradient``.
+    ``scalars(f_plus, f_minus, f_center, mu)`` for all rows at once; per row ``observe`` and
+    module ``scalars``; ĝ = Σ sᵢuᵢ / scale(k) for all rows; per row module ``gradient``
+    (the per-row loops only run when a module acts at those stages).
 
     Args:
         measured: False when ``y`` holds ranks, not values (external ranker); the probes then
@@ -110,21 +111,30 @@ def tell_rows(asked: Asked, y: torch.Tensor, module: Module, scalars: Scalars, *
     """
     B, k, _ = asked.directions.shape
     values = y.reshape(B, asked.per_row)
-    g_rows, states, probes = [], [], []
-    for b in range(B):
-        v, u, ctx = values[b], asked.directions[b], asked.contexts[b]
-        f_plus = v[:k]
-        f_minus = v[k:2 * k] if asked.central else None
-        f_center = v[-1] if asked.center else None
-        probe = Probe(u, f_plus, f_minus, f_center) if measured else \
-            Probe(u, torch.full_like(f_plus, float("nan")), None, None)
-        state = module.observe(probe, asked.states[b], ctx)
-        s, state = module.scalars(scalars(f_plus, f_minus, f_center, ctx.mu), state, ctx)
-        g, state = module.gradient((s[:, None] * u).sum(0) / scale(u.shape[0]), state, ctx)
-        g_rows.append(g)
-        states.append(state)
-        probes.append(probe)
-    return torch.stack(g_rows), states, probes
+    f_plus = values[:, :k]
+    f_minus = values[:, k:2 * k] if asked.central else None
+    f_center = values[:, -1:] if asked.center else None
+    s = scalars(f_plus, f_minus, f_center, asked.contexts[0].mu)
+    probes = [Probe(asked.directions[b], f_plus[b], None if f_minus is None else f_minus[b],
+                    None if f_center is None else f_center[b, 0]) if measured else
+              Probe(asked.directions[b], torch.full_like(f_plus[b], float("nan")), None, None)
+              for b in range(B)]
+    states = list(asked.states)
+    if acts_at(module, "observe") or acts_at(module, "scalars"):
+        rows = []
+        for b in range(B):
+            state = module.observe(probes[b], states[b], asked.contexts[b])
+            sb, states[b] = module.scalars(s[b], state, asked.contexts[b])
+            rows.append(sb)
+        s = torch.stack(rows)
+    g = torch.einsum("bk,bkd->bd", s, asked.directions) / scale(k)
+    if acts_at(module, "gradient"):
+        rows = []
+        for b in range(B):
+            gb, states[b] = module.gradient(g[b], states[b], asked.contexts[b])
+            rows.append(gb)
+        g = torch.stack(rows)
+    return g, states, probes
 
 
 class Estimator:
@@ -300,10 +310,10 @@ class RankEstimator(Estimator):
         return torch.cat(ranks), False
 
     def raw_scalars(self, f_plus, f_minus, f_center, mu):
-        m = f_plus.numel()
-        order = torch.argsort(f_plus, stable=True)
-        rank = torch.empty_like(f_plus)
-        rank[order] = torch.arange(m, dtype=f_plus.dtype, device=f_plus.device)
+        m = f_plus.shape[-1]
+        order = torch.argsort(f_plus, dim=-1, stable=True)
+        positions = torch.arange(m, dtype=f_plus.dtype, device=f_plus.device).expand_as(f_plus)
+        rank = torch.empty_like(f_plus).scatter_(-1, order, positions)
         return (2 * rank - (m - 1)) / (m * (m - 1) / 2)
 
     def scale(self, k):

@@ -69,7 +69,8 @@ class Probe:
 
 def difference_scalars(f_plus: torch.Tensor, f_minus: torch.Tensor | None,
                        f_center: torch.Tensor | None, mu: float) -> torch.Tensor:
-    """Directional-derivative estimates from probe values, shape (q,):
+    """Directional-derivative estimates from probe values, shape of ``f_plus`` ((q,) for one
+    point, (B, q) for a batch, with ``f_center`` then (B, 1)):
     [f(x+μu) − f(x−μu)]/(2μ) when ``f_minus`` is given (central), else [f(x+μu) − f(x)]/μ."""
     if f_minus is not None:
         return (f_plus - f_minus) / (2 * mu)
@@ -131,8 +132,11 @@ class Module:
         return f"{type(self).__name__}({fields})"
 
 
-def _acts_on_scalars(m: Module) -> bool:
-    return type(m).scalars is not Module.scalars
+def acts_at(module: Module, hook: str) -> bool:
+    """Whether ``module`` (or a part of a chain) overrides the hook named ``hook``."""
+    if isinstance(module, Chain):
+        return any(acts_at(m, hook) for m in module.modules)
+    return getattr(type(module), hook) is not getattr(Module, hook)
 
 
 class Chain(Module):
@@ -154,10 +158,11 @@ class Chain(Module):
             raise InputError(f"a chain takes one update rule, got {', '.join(map(repr, rules))}; "
                              f"keep one (a method name like 'zo-adam' adds one too)")
         for i, m in enumerate(flat):
-            if m.replaces_scalars and any(_acts_on_scalars(p) for p in flat[:i]):
+            earlier = [repr(p) for p in flat[:i] if acts_at(p, "scalars")]
+            if m.replaces_scalars and earlier:
                 raise InputError(f"{m!r} recomputes the scalars from the values: put it before "
-                                 f"{', '.join(repr(p) for p in flat[:i] if _acts_on_scalars(p))} "
-                                 f"in the chain, and use one fitness shaping")
+                                 f"{', '.join(earlier)} in the chain, and use one fitness "
+                                 f"shaping")
         self.modules = tuple(flat)
         for flag in ("needs_center", "shapes_directions", "needs_values", "replaces_scalars",
                      "is_update_rule", "across_steps"):

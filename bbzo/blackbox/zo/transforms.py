@@ -171,36 +171,29 @@ class Chain(Module):
     def init(self, x: torch.Tensor) -> tuple:
         return tuple(m.init(x) for m in self.modules)
 
-    def directions(self, u, state, ctx):
+    def _thread(self, hook: str, value: torch.Tensor, state: tuple, ctx: Context
+                ) -> tuple[torch.Tensor, tuple]:
+        """Pass ``value`` through every part's ``hook`` in order, collecting the new states."""
         new = []
         for m, s in zip(self.modules, state, strict=True):
-            u, s = m.directions(u, s, ctx)
+            value, s = getattr(m, hook)(value, s, ctx)
             new.append(s)
-        return u, tuple(new)
+        return value, tuple(new)
+
+    def directions(self, u, state, ctx):
+        return self._thread("directions", u, state, ctx)
 
     def observe(self, probe, state, ctx):
         return tuple(m.observe(probe, s, ctx) for m, s in zip(self.modules, state, strict=True))
 
     def scalars(self, s, state, ctx):
-        new = []
-        for m, st in zip(self.modules, state, strict=True):
-            s, st = m.scalars(s, st, ctx)
-            new.append(st)
-        return s, tuple(new)
+        return self._thread("scalars", s, state, ctx)
 
     def gradient(self, g, state, ctx):
-        new = []
-        for m, s in zip(self.modules, state, strict=True):
-            g, s = m.gradient(g, s, ctx)
-            new.append(s)
-        return g, tuple(new)
+        return self._thread("gradient", g, state, ctx)
 
     def update(self, g, state, ctx):
-        new = []
-        for m, s in zip(self.modules, state, strict=True):
-            g, s = m.update(g, s, ctx)
-            new.append(s)
-        return g, tuple(new)
+        return self._thread("update", g, state, ctx)
 
     def __repr__(self) -> str:
         return f"chain({', '.join(map(repr, self.modules))})"

@@ -1,12 +1,13 @@
 """Gradient estimators from function values (or only their ordering), on one point or per row of
 a batch, all run by one pipeline.
 
-``estimate_rows`` is that pipeline: draw directions per row → module ``directions`` hooks →
-one batched call of the objective for every probe of every row → ``observe`` → scalars
-(differences, or ranks) → module ``scalars`` → combine ĝ = Σ sᵢuᵢ / scale → module
-``gradient``. It is split in ``ask_rows`` (build the batch) and ``tell_rows`` (finish from the
-values) so that ask/tell optimisers (``EvolutionStrategy``) run it too. Module hooks run once per
-row, each row with its own state, so every module acts per row.
+``Estimator.estimate_rows`` is that pipeline: draw directions per row → module ``directions``
+hooks → one batched call of the objective for every probe of every row → ``observe`` →
+scalars (differences, or ranks) → module ``scalars`` → combine ĝ = Σ sᵢuᵢ / scale → module
+``gradient``. The update rule (``update`` stage) is not part of it. It is split in
+``ask_rows`` (build the batch) and ``tell_rows`` (finish from the values) so that ask/tell
+optimisers (``EvolutionStrategy``) run it too. Module hooks run once per row, each row with its
+own state, so every module acts per row.
 
 | estimator | queries per row | what it assumes |
 | --- | --- | --- |

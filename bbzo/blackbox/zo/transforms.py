@@ -1,7 +1,7 @@
 """The protocol every ZO module follows, and ``chain`` to compose them (optax style).
 
 A step has two parts, as in optax: the **estimate** (raw ĝ from queries) and the **update**
-(what is applied). The estimate is built in four stages (``estimators.estimate_rows`` runs them,
+(what is applied). The estimate is built in four stages (``Estimator.estimate_rows`` runs them,
 once per row of a batch, for RGE, CGE, the rank estimator and the evolution strategy), and a
 module may act at any of them:
 
@@ -52,7 +52,7 @@ class Context:
 
 @dataclass
 class Probe:
-    """What an estimator measured in one step.
+    """What an estimator measured in one step at one point (one row of a batch).
 
     Attributes:
         directions: (q, d) directions after all ``directions`` hooks.

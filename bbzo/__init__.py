@@ -2,7 +2,7 @@
 
 from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.targets.spec import load_target
-from bbzo.blackbox.zo import OptimizeResult, chain, estimate_gradient, minimize
+from bbzo.blackbox.zo import OptimizeResult, chain, estimate_gradient, minimize, zo_function
 from bbzo.errors import BbzoError, BudgetExceeded, InputError, ObjectiveError, TargetError
 
 __version__ = "0.1.0"
@@ -10,4 +10,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BbzoError", "Budget", "BudgetExceeded", "InputError", "ObjectiveError", "OptimizeResult",
     "TargetError", "__version__", "chain", "estimate_gradient", "load_target", "minimize",
+    "zo_function",
 ]

@@ -28,7 +28,7 @@ def rel_mse_and_cos(distribution, q, trials):
     fun, x, g = make_quadratic(D)
     mse, cos = [], []
     for seed in range(trials):
-        est, _ = bbzo.estimate_gradient(fun, x, q=q, seed=seed,
+        est, _ = bbzo.estimate_gradient(fun, x, seed=seed,
                                         estimator=RGE(q=q, distribution=distribution))
         mse.append(float(((est - g) ** 2).sum() / (g ** 2).sum()))
         cos.append(float(torch.nn.functional.cosine_similarity(est, g, dim=0)))

@@ -112,3 +112,38 @@ def test_external_ranker_needs_fixed_lr_and_reports_no_values():
     res = bbzo.minimize(lambda X: X.sum(1), np.zeros(3), estimator=est, lr=0.05, maxiter=300)
     assert res.nqueries == 0 and np.isnan(res.fun) and "no loss values" in res.message
     assert np.linalg.norm(res.x - target) < 0.3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimator="cge", q=4), "q is not used by estimator 'cge'"),
+    (dict(estimator=bbzo.blackbox.zo.RGE(q=4), q=4), "q would be ignored"),
+    (dict(estimator=bbzo.blackbox.zo.RGE(q=4), mu=1e-2), "mu would be ignored"),
+    (dict(method="zo-adam", modules=[bbzo.blackbox.zo.adam()]), "another update rule"),
+    (dict(modules=[bbzo.blackbox.zo.momentum(), bbzo.blackbox.zo.sign()]), "one update rule"),
+    (dict(ftol=0.0), "ftol must be a positive"),
+])
+def test_ignored_or_stacked_arguments_are_refused(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        bbzo.minimize(lambda X: (X ** 2).sum(1), np.ones(3), **kwargs)
+
+
+def test_estimate_gradient_refuses_update_rules():
+    with pytest.raises(InputError, match="raw estimate"):
+        bbzo.estimate_gradient(lambda X: (X ** 2).sum(1), np.ones(3),
+                               modules=bbzo.blackbox.zo.adam())
+
+
+def test_success_only_when_target_met_or_converged():
+    fun, x0 = (lambda X: (np.asarray(X) ** 2).sum(1)), np.ones(4)
+    ran_out = bbzo.minimize(fun, x0, lr=0.01, maxiter=5)
+    assert not ran_out.success and "maximum number of iterations" in ran_out.message
+    broke = bbzo.minimize(fun, x0, lr=0.01, budget=50)
+    assert not broke.success and "budget" in broke.message
+    hit = bbzo.minimize(fun, x0, lr=0.1, maxiter=1000, target=1e-3)
+    assert hit.success and "target reached" in hit.message and hit.fun <= 1e-3
+    assert hit.nit < 1000
+    hit_history = [h["best"] for h in hit.history]
+    assert all(b > 1e-3 for b in hit_history[:-1]) and hit_history[-1] <= 1e-3
+    flat = bbzo.minimize(lambda X: np.zeros(len(X)), x0, lr=0.1, maxiter=1000, ftol=1e-9,
+                         window=10)
+    assert flat.success and "converged" in flat.message and flat.nit == 11

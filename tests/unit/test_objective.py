@@ -111,7 +111,8 @@ def test_budget_is_never_exceeded(limit, q, d, estimator, method, auto):
 
     q = max(q, 2) if estimator == "rank" else q
     try:
-        res = bbzo.minimize(fun, np.ones(d), estimator=estimator, q=q, method=method,
+        res = bbzo.minimize(fun, np.ones(d), estimator=estimator,
+                            q=None if estimator == "cge" else q, method=method,
                             budget=limit, lr=None if auto else 0.01, maxiter=50)
     except BudgetExceeded as err:
         assert "too small" in str(err)
@@ -119,3 +120,52 @@ def test_budget_is_never_exceeded(limit, q, d, estimator, method, auto):
         return
     assert sum(calls) == res.nqueries <= limit
     assert res.fun == pytest.approx(float(fun(np.asarray(res.x)[None])[0]))
+
+
+class MeteredSphere:
+    """Stand-in for the query layer's adapter: meters itself, serves repeats from a ledger
+    (free), reserves only the rows it really sends, raises BudgetExceeded itself."""
+
+    meters_queries = True
+
+    def __init__(self, budget):
+        self.budget, self.nsent, self.ledger = budget, 0, {}
+
+    def __call__(self, X):
+        keys = [tuple(np.asarray(row).tolist()) for row in X]
+        new = list(dict.fromkeys(k for k in keys if k not in self.ledger))
+        self.budget.reserve(queries=len(new))
+        self.nsent += len(new)
+        self.ledger.update({k: sum(v * v for v in k) for k in new})
+        return np.array([self.ledger[k] for k in keys])
+
+
+def test_metered_fun_keeps_its_budget_and_reports_rows_sent():
+    fun = MeteredSphere(Budget(max_queries=5))
+    x, _ = as_vector([1.0, 2.0])
+    obj = Objective(fun, x, numpy_io=True)
+    assert obj.budget is fun.budget and obj.metered
+    obj(torch.stack([x, x, 2 * x]))
+    assert (obj.nqueries, obj.nsent, fun.budget.queries) == (3, 2, 2)
+    obj(torch.stack([x, 3 * x, 4 * x]))
+    assert (obj.nqueries, obj.nsent, fun.budget.queries) == (6, 4, 4)
+    with pytest.raises(BudgetExceeded) as err:
+        obj(torch.stack([5 * x, 6 * x]))
+    assert err.value.best_fun == 5.0 and np.allclose(err.value.best_x, [1.0, 2.0])
+    assert err.value.nqueries == 6 and fun.budget.queries == 4 and obj.nqueries == 6
+
+
+def test_metered_fun_refuses_another_budget():
+    fun = MeteredSphere(Budget(max_queries=5))
+    x, _ = as_vector([1.0])
+    assert Objective(fun, x, budget=fun.budget).budget is fun.budget
+    for other in (10, Budget(max_queries=5)):
+        with pytest.raises(InputError, match="meters its own queries"):
+            Objective(fun, x, budget=other)
+
+
+def test_minimize_under_a_metered_fun_stops_on_its_budget():
+    fun = MeteredSphere(Budget(max_queries=40))
+    res = bbzo.minimize(fun, np.ones(3), q=2, lr=0.05)
+    assert fun.budget.queries <= 40 and "budget" in res.message and not res.success
+    assert res.nqueries >= fun.nsent and res.fun == pytest.approx(sum(np.asarray(res.x) ** 2))

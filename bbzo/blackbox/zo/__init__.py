@@ -1,6 +1,8 @@
-"""Zeroth-order optimisation: estimators, composable modules, update rules, minimize,
-seeded in-place perturbation of torch modules, population search."""
+"""Zeroth-order optimisation: estimators (one pipeline, per row of a batch), composable
+modules, update rules, minimize, the autograd bridge, seeded in-place perturbation of torch
+modules, population search."""
 
+from bbzo.blackbox.zo.bridge import ZOFunction, zo_function
 from bbzo.blackbox.zo.es import EvolutionStrategy, centered_ranks
 from bbzo.blackbox.zo.estimators import CGE, RGE, Estimator, RankEstimator, make_estimator
 from bbzo.blackbox.zo.minimize import OptimizeResult, estimate_gradient, minimize
@@ -8,6 +10,7 @@ from bbzo.blackbox.zo.modules import (
     MODULES,
     antithetic,
     blockwise,
+    centered_rank,
     clip_scalars,
     history_subspace,
     hizoo,
@@ -16,6 +19,7 @@ from bbzo.blackbox.zo.modules import (
     make_module,
     orthogonal,
     random_mask,
+    standardize,
 )
 from bbzo.blackbox.zo.objective import Objective
 from bbzo.blackbox.zo.population import (
@@ -48,14 +52,13 @@ from bbzo.blackbox.zo.transforms import Chain, Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import adam, momentum, sign
 
 __all__ = [
-    "CGE", "MODULES", "RGE", "AskTell", "Chain", "Context", "Estimator", "EvolutionStrategy",
-    "GeneticAlgorithm", "Module", "Objective", "OptimizeResult", "Probe", "RankEstimator", "adam",
-    "antithetic", "blockwise", "centered_ranks", "chain", "clip_scalars", "estimate_gradient",
-    "gaussian_mutation", "hizoo", "history_subspace", "low_rank", "magnitude_mask",
-    "make_estimator", "make_module", "minimize", "momentum", "orthogonal", "population_minimize",
-    "random_mask",
-    "resample_mutation", "row_crossover", "sign", "uniform_crossover",
-    "Brood", "Child", "PopulationSearch", "batched_crossover", "batched_mutation",
-    "elite_parents", "initial_parents", "resample_rows", "uniform_parents",
-    "SeededPerturbation", "SeededZO", "StepRecord", "replay", "seeded_normal", "zo_step",
+    "adam", "antithetic", "AskTell", "batched_crossover", "batched_mutation", "blockwise", "Brood",
+    "centered_rank", "centered_ranks", "CGE", "Chain", "chain", "Child", "clip_scalars", "Context",
+    "elite_parents", "estimate_gradient", "Estimator", "EvolutionStrategy", "gaussian_mutation",
+    "GeneticAlgorithm", "history_subspace", "hizoo", "initial_parents", "low_rank",
+    "magnitude_mask", "make_estimator", "make_module", "minimize", "Module", "MODULES", "momentum",
+    "Objective", "OptimizeResult", "orthogonal", "population_minimize", "PopulationSearch",
+    "Probe", "random_mask", "RankEstimator", "replay", "resample_mutation", "resample_rows", "RGE",
+    "row_crossover", "seeded_normal", "SeededPerturbation", "SeededZO", "sign", "standardize",
+    "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step", "ZOFunction",
 ]

@@ -10,8 +10,8 @@ import torch
 
 from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.zo.estimators import Estimator, make_estimator
-from bbzo.blackbox.zo.objective import Objective, as_vector
-from bbzo.blackbox.zo.transforms import Context, Module, Probe, chain
+from bbzo.blackbox.zo.objective import Objective, as_points, as_vector
+from bbzo.blackbox.zo.transforms import Chain, Context, Module, chain, probe_value
 from bbzo.blackbox.zo.update import method_tail
 from bbzo.checks import int_at_least, positive
 from bbzo.errors import BudgetExceeded, InputError
@@ -32,7 +32,8 @@ class OptimizeResult:
         nit: iterations completed.
         history: one dict per iteration: ``nit``, ``nqueries``, ``loss`` (estimate of f at the
             iterate, free from the probe values), ``best`` (best measured value so far), ``lr``.
-        success: False only when the run stopped on an error-like condition.
+        success: True only when the run met ``target`` or converged (``ftol``); False when
+            the budget, ``maxiter`` or the callback stopped it first.
         message: why it stopped.
         lr: the step size in use at the end (interesting when it was chosen automatically).
     """
@@ -55,18 +56,16 @@ class OptimizeResult:
                 f"success={self.success}, message={self.message!r})")
 
 
-def _modules(method: str, modules: Module | Sequence[Module]) -> Module:
+def _modules(method: str, modules: Module | Sequence[Module]) -> Chain:
+    """The chain of ``modules`` followed by the method's update rule (one update rule at most)."""
     if isinstance(modules, Module):
         modules = (modules,)
-    return chain(*modules, *method_tail(method))
-
-
-def _probe_loss(probe: Probe) -> torch.Tensor:
-    """f(x) when measured, else the mean of the probe values (f(x) + O(μ²) for central pairs)."""
-    if probe.f_center is not None:
-        return probe.f_center
-    values = probe.f_plus if probe.f_minus is None else torch.cat([probe.f_plus, probe.f_minus])
-    return values.mean()
+    tail = method_tail(method)
+    given = chain(*modules)
+    if tail and given.is_update_rule:
+        raise InputError(f"method={method!r} adds {tail[0]!r} and modules hold another update "
+                         f"rule; use method='zo-sgd' or drop the rule from modules")
+    return chain(given, *tail)
 
 
 def _line_search(objective: Objective, x: torch.Tensor, direction: torch.Tensor,
@@ -88,7 +87,9 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
              estimator: str | Estimator = "rge", q: int | None = None, mu: float | None = None,
              lr: float | None = None, modules: Module | Sequence[Module] = (),
              budget: Budget | int | None = None, maxiter: int | None = None, seed: int = 0,
-             callback: Callable[[dict], bool | None] | None = None) -> OptimizeResult:
+             callback: Callable[[dict], bool | None] | None = None,
+             target: float | None = None, ftol: float | None = None,
+             window: int = 20) -> OptimizeResult:
     """Minimise a black-box function from queries alone.
 
     Args:
@@ -97,21 +98,26 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
         x0: starting point, shape (d,).
         method: "zo-sgd", "zo-momentum", "zo-sign-sgd" or "zo-adam" (see ``update``).
         estimator: "rge", "cge", "rank" or an ``Estimator`` instance.
-        q: directions per step (RGE) or points ranked per step (rank). Default 10.
+        q: directions per step (RGE) or points ranked per step (rank). Default 10. Refused with
+            "cge" and, like ``mu``, with an estimator instance (set them there).
         mu: smoothing radius; default 1e-3 (RGE, rank), 1e-4 (CGE).
         lr: step size. None chooses it automatically: a backtracking line search along the
             first estimate (at most 30 queries) sets it; it then grows 1% with every new best
             loss estimate and is halved, returning to the best iterate, whenever the loss
             estimate rises far above the best one (a "bold driver" rule). A number fixes it.
         modules: a module or a sequence of modules (``bbzo.blackbox.zo.modules``), applied
-            before the method's update rule.
+            before the method's update rule; an update rule here needs method "zo-sgd".
         budget: a ``Budget`` or a maximum number of queries; never exceeded.
         maxiter: most iterations. With neither ``budget`` nor ``maxiter``, 1000 iterations.
         seed: seeds every random draw; the same seed gives the same result.
         callback: called with each iteration's history dict; return True to stop.
+        target: stop, successfully, once a measured value is <= target.
+        ftol: convergence test: stop, successfully, once the best measured value improved by
+            less than ftol·max(1, |best|) over the last ``window`` iterations. None: no test.
+        window: iterations the ``ftol`` test looks back over.
 
     Returns:
-        An ``OptimizeResult``.
+        An ``OptimizeResult``; ``success`` says whether ``target`` or ``ftol`` stopped it.
     """
     x, numpy_io = as_vector(x0)
     objective = Objective(fun, x, numpy_io=numpy_io, budget=budget)
@@ -125,6 +131,11 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
         maxiter = int_at_least("maxiter", maxiter)
     if callback is not None and not callable(callback):
         raise InputError("callback must be callable as callback(info_dict)")
+    if ftol is not None:
+        ftol = positive("ftol", ftol)
+    window = int_at_least("window", window)
+    if target is not None:
+        target = float(target)
 
     if auto_lr and getattr(est, "ranker", None) is not None:
         raise InputError("with an external ranker there are no loss values to tune the step "
@@ -133,14 +144,15 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
     state = module.init(x)
     history: list[dict] = []
-    message, nit = "", 0
+    message, nit, success = "", 0, False
     best_iterate = (x.clone(), float("inf"), state)
     f_start: float | None = None
     try:
         while maxiter is None or nit < maxiter:
             ctx = Context(x=x, step=nit, generator=generator, mu=est.mu)
             g, new_state, probe = est.estimate(objective, x, module, state, ctx)
-            loss = float(_probe_loss(probe))
+            g, new_state = module.update(g, new_state, ctx)
+            loss = float(probe_value(probe))
             if f_start is None:
                 f_start = loss
             blew_up = False
@@ -165,41 +177,60 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
             if callback is not None and callback(dict(record)):
                 message = "stopped by callback"
                 break
+            if target is not None and objective.best_fun <= target:
+                message, success = f"target reached: {objective.best_fun:.6g} <= {target:.6g}", True
+                break
+            if ftol is not None and len(history) > window:
+                before, best = history[-1 - window]["best"], objective.best_fun
+                if before - best < ftol * max(1.0, abs(best)):
+                    message, success = (f"converged: best value improved by less than ftol="
+                                        f"{ftol:g} (relative) over {window} iterations"), True
+                    break
         else:
             message = f"maximum number of iterations ({maxiter}) reached"
     except BudgetExceeded as err:
         message = str(err)
     if objective.nqueries == 0 and nit > 0:  # an external ranker saw every point
         return OptimizeResult(x=objective.export(x), fun=float("nan"), nqueries=0, nit=nit,
-                              history=history, message=message + "; no loss values were measured",
+                              history=history, success=False,
+                              message=message + "; no loss values were measured",
                               lr=float(lr_value or 0.0))
     if objective.best_x is None:
         raise BudgetExceeded("budget too small for a single estimate: raise it or lower q",
                              nqueries=objective.nqueries)
     return OptimizeResult(x=objective.export(objective.best_x), fun=objective.best_fun,
-                          nqueries=objective.nqueries, nit=nit, history=history, success=True,
+                          nqueries=objective.nqueries, nit=nit, history=history, success=success,
                           message=message, lr=float(lr_value or 0.0))
 
 
 def estimate_gradient(fun: Callable[[Any], Any], x: Any, *, estimator: str | Estimator = "rge",
                       q: int | None = None, mu: float | None = None,
                       modules: Module | Sequence[Module] = (), seed: int = 0) -> tuple[Any, int]:
-    """One gradient estimate at ``x``.
+    """Gradient estimates at one point or at every row of a batch, from ONE call of ``fun``.
+
+    Each row gets its own directions (drawn in row order from one generator seeded by
+    ``seed``) and its own module states. Queries: B·2q (RGE central), B·(q+1) (RGE forward),
+    B·(d+1) / B·2d (CGE forward / central), B·m (rank).
 
     Args:
         fun: batched objective ``fun(X)`` (n, d) → (n,).
-        x: point, shape (d,), tensor or array.
-        estimator, q, mu, modules: as in ``minimize``.
+        x: point of shape (d,) or batch of shape (B, d), tensor or array.
+        estimator, q, mu, modules: as in ``minimize``; update rules (momentum, sign, Adam) are
+            refused: this returns the raw estimate.
         seed: seeds the directions.
 
     Returns:
-        ``(g, nqueries)``: the (d,) estimate in the caller's array type and the queries spent.
+        ``(g, nqueries)``: the estimate, shape of ``x``, in the caller's array type, and the
+        queries spent.
     """
-    x_t, numpy_io = as_vector(x, name="x")
-    objective = Objective(fun, x_t, numpy_io=numpy_io)
+    X, numpy_io, single = as_points(x, name="x")
+    objective = Objective(fun, X[0], numpy_io=numpy_io)
     est = make_estimator(estimator, q=q, mu=mu)
     module = _modules("zo-sgd", modules)
-    generator = torch.Generator(device=x_t.device).manual_seed(int(seed))
-    ctx = Context(x=x_t, step=0, generator=generator, mu=est.mu)
-    g, _, _ = est.estimate(objective, x_t, module, module.init(x_t), ctx)
-    return objective.export(g), objective.nqueries
+    if module.is_update_rule:
+        raise InputError("estimate_gradient returns the raw estimate, update rules (momentum, "
+                         "sign, adam) would be ignored: drop them, or use minimize")
+    generator = torch.Generator(device=X.device).manual_seed(int(seed))
+    contexts = [Context(x=row, step=0, generator=generator, mu=est.mu) for row in X]
+    g, _, _ = est.estimate_rows(objective, X, module, [module.init(row) for row in X], contexts)
+    return objective.export(g[0] if single else g), objective.nqueries

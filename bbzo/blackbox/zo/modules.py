@@ -13,13 +13,17 @@ directions are (q, d), scalars (q,), the estimate (d,).
 | ``low-rank`` | ``low_rank(shape, rank, refresh)`` | directions | none | (m + n) r per matrix |
 | ``history-subspace`` | ``history_subspace(k)`` | gradient | none | k d-vectors |
 | ``hizoo`` | ``hizoo(alpha, eps)`` | directions, observe | 1 (f(x)) | one d-vector |
+| ``centered-rank`` | ``centered_rank()`` | observe, scalars | none | none |
+| ``standardize`` | ``standardize()`` | observe, scalars | none | none |
 | ``clip-scalars`` | ``clip_scalars(threshold)`` | scalars | none | none |
 
 Order matters in a chain: modules that confine directions (masks, ``blockwise``,
 ``low_rank``) or orthogonalise them come first, then ``antithetic`` (pairs must stay pairs),
-then ``hizoo`` (the last module that changes directions); ``clip_scalars`` and
-``history_subspace`` act at later stages. ``orthogonal`` is meant for full-space directions:
-after a mask it still scales rows to √d, before one the rows stop being orthogonal.
+then ``hizoo`` (the last module that changes directions); fitness shaping (``centered_rank``,
+``standardize``) comes before ``clip_scalars``; ``history_subspace`` acts on the estimate.
+``orthogonal`` is meant for full-space directions: after a mask it still scales rows to √d,
+before one the rows stop being orthogonal. Hooks run once per row of a batch, each row with its
+own state.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from bbzo.blackbox.zo.transforms import Context, Module, Probe
+from bbzo.blackbox.zo.transforms import Context, Module, Probe, difference_scalars
 from bbzo.checks import fraction, int_at_least, one_of, positive
 from bbzo.errors import InputError
 
@@ -48,6 +52,29 @@ def _orthonormal_columns(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q, r = torch.linalg.qr(a)
     diag = torch.diagonal(r)
     return q * torch.where(diag < 0, -1.0, 1.0).to(q.dtype), diag.abs()
+
+
+def centered_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Centred-rank fitness shaping: rank/(n−1) − ½ per value, ties sharing their mean rank.
+
+    Args:
+        values: (n,) values, n >= 2.
+
+    Returns:
+        (n,) weights in [−0.5, 0.5] summing to zero; the highest value gets +0.5.
+    """
+    n = values.numel()
+    ordered = torch.sort(values).values
+    below = torch.searchsorted(ordered, values, right=False)
+    not_above = torch.searchsorted(ordered, values, right=True)
+    rank = (below + not_above - 1).to(values.dtype) / 2
+    return rank / (n - 1) - 0.5
+
+
+def standardized(values: torch.Tensor) -> torch.Tensor:
+    """z-scores of (n,) values (all 0 when they are equal)."""
+    std = values.std()
+    return (values - values.mean()) / std if std > 0 else torch.zeros_like(values)
 
 
 class Antithetic(Module):
@@ -308,6 +335,8 @@ class HistorySubspace(Module):
     Extra queries: none. Extra memory: k d-vectors.
     """
 
+    across_steps = True
+
     def __init__(self, k: int = 8) -> None:
         self.k = int_at_least("k", k)
 
@@ -353,6 +382,8 @@ class Hizoo(Module):
 
     needs_center = True
     shapes_directions = True
+    needs_values = True
+    across_steps = True
 
     def __init__(self, alpha: float = 1e-3, eps: float = 1e-8) -> None:
         self.alpha = fraction("alpha", alpha)
@@ -377,6 +408,42 @@ class Hizoo(Module):
         sigma = ((1 - self.alpha) * state.sigma + self.alpha * target).clamp_min(self.eps)
         perturbed = (z != 0).any(0)
         return HizooState(torch.where(perturbed, sigma, state.sigma), None)
+
+
+class FitnessShaping(Module):
+    """Fitness shaping on the scalars: replace the values a step's differences use (f(x±μu),
+    or f(x+μu) and f(x) for forward differences) by ``shape`` of them, all shaped together, and
+    recompute the scalars from the shaped values with the same difference formula. Centred
+    ranks make the estimate invariant to monotone changes of f (OpenAI-ES / NES); it then
+    estimates the direction of ∇f, not its scale. Must come before other ``scalars`` modules.
+
+    Extra queries: none. Extra memory: this step's probe values.
+    """
+
+    needs_values = True
+    replaces_scalars = True
+
+    def __init__(self, name: str, shape: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.name = name
+        self._shape = shape
+
+    def observe(self, probe, state, ctx):
+        return probe
+
+    def scalars(self, s, state, ctx):
+        probe: Probe = state
+        k = probe.f_plus.numel()
+        other = probe.f_minus if probe.f_minus is not None else probe.f_center
+        if other is None:
+            raise InputError(f"{self.name}() shapes the values of a difference: use estimator "
+                             f"'rge' or 'cge'")
+        w = self._shape(torch.cat([probe.f_plus, other.reshape(-1)]))
+        if probe.f_minus is not None:
+            return difference_scalars(w[:k], w[k:], None, ctx.mu), None
+        return difference_scalars(w[:k], None, w[k], ctx.mu), None
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
 
 
 class ClipScalars(Module):
@@ -434,6 +501,16 @@ def hizoo(alpha: float = 1e-3, eps: float = 1e-8) -> Hizoo:
     return Hizoo(alpha, eps)
 
 
+def centered_rank() -> FitnessShaping:
+    """Centred-rank fitness shaping of the values behind the scalars (see ``FitnessShaping``)."""
+    return FitnessShaping("centered_rank", centered_ranks)
+
+
+def standardize() -> FitnessShaping:
+    """z-score fitness shaping of the values behind the scalars (see ``FitnessShaping``)."""
+    return FitnessShaping("standardize", standardized)
+
+
 def clip_scalars(threshold: float) -> ClipScalars:
     """Clip directional derivatives to [−threshold, threshold] (see ``ClipScalars``)."""
     return ClipScalars(threshold)
@@ -448,6 +525,8 @@ MODULES: dict[str, Callable[..., Module]] = {
     "low-rank": low_rank,
     "history-subspace": history_subspace,
     "hizoo": hizoo,
+    "centered-rank": centered_rank,
+    "standardize": standardize,
     "clip-scalars": clip_scalars,
 }
 

@@ -1,7 +1,7 @@
-"""Update rules: gradient transforms that turn an estimate into the step direction.
+"""Update rules: modules of the ``update`` stage, turning an estimate into the step direction.
 
-``minimize`` applies ``x ← x − lr · g`` to whatever the chain returns, so an update rule is just
-the last module of a chain. The named methods are chains:
+``minimize`` (and ``EvolutionStrategy``) apply ``x ← x − lr · update(ĝ)``; a chain holds at
+most one update rule. The named methods add one to the chain:
 
 | method | chain tail | extra memory |
 | --- | --- | --- |
@@ -22,11 +22,19 @@ from bbzo.checks import positive, unit_interval
 from bbzo.errors import InputError
 
 
-class Momentum(Module):
+class UpdateRule(Module):
+    """Base of the update rules: they act in the ``update`` stage only."""
+
+    is_update_rule = True
+
+
+class Momentum(UpdateRule):
     """Heavy-ball momentum: m ← β m + g; returns m (or g + β m with ``nesterov``).
 
     Extra queries: none. Memory: one d-vector.
     """
+
+    across_steps = True
 
     def __init__(self, beta: float = 0.9, nesterov: bool = False) -> None:
         self.beta = unit_interval("beta", beta)
@@ -35,15 +43,15 @@ class Momentum(Module):
     def init(self, x):
         return torch.zeros_like(x)
 
-    def gradient(self, g, state, ctx):
+    def update(self, g, state, ctx):
         m = self.beta * state + g
         return (g + self.beta * m if self.nesterov else m), m
 
 
-class Sign(Module):
+class Sign(UpdateRule):
     """ZO-signSGD: the elementwise sign of the estimate. Extra queries: none. Memory: none."""
 
-    def gradient(self, g, state, ctx):
+    def update(self, g, state, ctx):
         return torch.sign(g), state
 
 
@@ -53,8 +61,10 @@ class AdamState(NamedTuple):
     t: int
 
 
-class Adam(Module):
+class Adam(UpdateRule):
     """Adam on the estimate (bias-corrected moments). Extra queries: none. Memory: 2 d-vectors."""
+
+    across_steps = True
 
     def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
         self.b1 = unit_interval("b1", b1)
@@ -64,7 +74,7 @@ class Adam(Module):
     def init(self, x):
         return AdamState(torch.zeros_like(x), torch.zeros_like(x), 0)
 
-    def gradient(self, g, state, ctx):
+    def update(self, g, state, ctx):
         t = state.t + 1
         m = self.b1 * state.m + (1 - self.b1) * g
         v = self.b2 * state.v + (1 - self.b2) * g * g

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bbzo.attacks.seca.objective import letter_prompt
-from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.questions import LETTERS, Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
 from bbzo.attacks.seca.run import Roles, SecaConfig
 from bbzo.blackbox.protocol import Request
@@ -41,6 +41,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder
+from bbzo.runs.reader import check_fields, read_run, show
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -183,22 +184,45 @@ def summarize_eval(evals: Sequence[dict], k: int) -> dict[str, Any]:
     }
 
 
-def _open(run_dir: str | os.PathLike) -> tuple[RunFolder, SecaConfig, list[dict]]:
-    """The run folder, its config and its records; InputError when it is not a SECA run."""
-    folder = Path(run_dir)
-    missing = [name for name in ("config.json", "results.jsonl")
-               if not (folder / name).is_file()]
-    if missing:
-        raise InputError(f"{folder} holds no SECA run ({' and '.join(missing)} missing); give "
-                         f"the --out folder of 'bbzo attack seca'")
-    run = RunFolder(folder, resume=True)
-    stored = run.read_json("config.json")
-    options = stored.get("options") or {}
-    unknown = set(options) - {f.name for f in fields(SecaConfig)}
+# Fields of a results.jsonl record that evaluation reads, with their JSON types.
+RECORD_FIELDS = {"id": (str,), "subject": (str,), "choices": (list,), "answer": (int,),
+                 "eligible": (bool,), "answer_letter": (str, type(None)),
+                 "target_letter": (str, type(None)), "adversarial_question": (str, type(None)),
+                 "changed": (bool,), "success": (bool,)}
+HINT = "it holds no SECA run; give the --out folder of 'bbzo attack seca'"
+
+
+def check_record(record: dict, where: str) -> None:
+    """InputError naming ``where`` and the field unless ``record`` is a SECA result that
+    evaluation can read (an eligible one: its options, answer, target letter and prompt)."""
+    check_fields(record, RECORD_FIELDS, where)
+    if not record["eligible"]:
+        return
+    choices = record["choices"]
+    if not 2 <= len(choices) <= len(LETTERS) or not all(isinstance(c, str) for c in choices):
+        raise InputError(f"{where}: field 'choices' must hold 2 to {len(LETTERS)} strings, got "
+                         f"{show(choices)}")
+    if not 0 <= record["answer"] < len(choices):
+        raise InputError(f"{where}: field 'answer' must be an index 0..{len(choices) - 1}, got "
+                         f"{record['answer']}")
+    if record["target_letter"] not in LETTERS[:len(choices)]:
+        raise InputError(f"{where}: field 'target_letter' must be one of the option letters, "
+                         f"got {show(record['target_letter'])}")
+    if record["adversarial_question"] is None:
+        raise InputError(f"{where}: field 'adversarial_question' is null in an eligible record")
+
+
+def _open(run_dir: str | os.PathLike) -> tuple[Path, SecaConfig, list[dict]]:
+    """The run folder, its config and its records, read without writing; InputError when it
+    is not a SECA run."""
+    view = read_run(run_dir, check=check_record, hint=HINT)
+    options = view.options
+    unknown = set(options) - {f.name for f in fields(SecaConfig) if f.name != "seed"}
     if unknown or "target" not in options:
-        raise InputError(f"{folder}/config.json is not a SECA run's config (unknown options "
-                         f"{sorted(unknown)}); give the --out folder of 'bbzo attack seca'")
-    return run, SecaConfig(**options, seed=stored.get("seed", 0)), run.read_jsonl("results.jsonl")
+        raise InputError(f"{view.path / 'config.json'} is not a SECA run's config (unknown "
+                         f"options {show(sorted(unknown))}); {HINT}")
+    seed = view.config.get("seed", 0)
+    return view.path, SecaConfig(**options, seed=seed), view.records
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: int = 0,
@@ -227,10 +251,11 @@ def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: in
         raise InputError("judge must be a target spec such as 'openai:gpt-4.1-mini'")
     k = int_at_least("k", k)
     start = time.perf_counter()
-    run, config, records = _open(run_dir)
+    folder, config, records = _open(run_dir)
     config = replace(config, budget_queries=budget_queries, max_cost=max_cost,
                      device=device or config.device)
     config.validate()
+    run = RunFolder(folder, resume=True)
     roles = Roles(config, run, {"target": config.target, "eval_judge": judge})
     try:
         if progress is not None:

@@ -25,7 +25,6 @@ trials, letters and verdicts) and ``eval_summary.json``.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
@@ -34,7 +33,7 @@ from typing import Any
 
 from bbzo.attacks.seca.objective import letter_prompt
 from bbzo.attacks.seca.questions import LETTERS, Question
-from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
+from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag, parse_letter
 from bbzo.attacks.seca.run import Roles, SecaConfig
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
@@ -47,19 +46,6 @@ Progress = Callable[[str, int, int], None]  # (label, done, total)
 
 TYPES = ("factuality", "faithfulness", "none")
 FILES = ["eval.jsonl", "eval_summary.json"]
-_STANDALONE = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
-_ARTICLE = re.compile(r"\s+[a-z]")
-
-
-def parse_letter(text: str, letters: Sequence[str]) -> str | None:
-    """The first standalone option letter in a sampled answer (``B``, ``B.``, ``(B)``,
-    ``option B``, ``**B**``), or None. Capitals that are not option letters, and ``A`` used as
-    an article (``A country ...``), are skipped."""
-    for m in _STANDALONE.finditer(text):
-        letter = m.group(1)
-        if letter in letters and not (letter == "A" and _ARTICLE.match(text, m.end())):
-            return letter
-    return None
 
 
 def parse_hallucination(text: str) -> tuple[bool, str | None] | None:

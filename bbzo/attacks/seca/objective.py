@@ -21,13 +21,13 @@ records which objective produced it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.replies import parse_letter
 from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.checks import int_at_least
@@ -35,7 +35,6 @@ from bbzo.errors import InputError, TargetError
 
 EPS = 1e-10
 OPTION_PROMPT = "Question: {question}\nAnswer:"
-_LETTER = re.compile(r"\b([A-Z])\b")
 
 
 def letter_prompt(question: Question, text: str) -> str:
@@ -136,8 +135,8 @@ class OptionObjective(_Submitting):
 
 class SamplingObjective(_Submitting):
     """An estimate for targets without log-probabilities: ``samples`` draws of a short answer
-    at temperature 1 (request ``sample`` indices 0..samples-1), the first standalone capital
-    letter of each read as its choice; p(option) = (count + 1) / (parsed draws + options).
+    at temperature 1 (request ``sample`` indices 0..samples-1), each read as its choice by
+    ``parse_letter`` (the rule ASR@K uses); p(option) = (count + 1) / (parsed draws + options).
 
     Args:
         layer: the target's query layer.
@@ -171,9 +170,9 @@ class SamplingObjective(_Submitting):
     def read(self, question: Question, responses: list[Response]) -> list[float]:
         counts = np.zeros(len(question.choices))
         for response in responses:
-            found = _LETTER.search(str(response.output.get("text", "")).strip())
-            if found and found.group(1) in question.letters:
-                counts[question.letters.index(found.group(1))] += 1
+            letter = parse_letter(str(response.output.get("text", "")), question.letters)
+            if letter is not None:
+                counts[question.letters.index(letter)] += 1
         return np.log((counts + 1.0) / (counts.sum() + len(counts))).tolist()
 
 

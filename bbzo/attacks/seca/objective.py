@@ -30,6 +30,7 @@ from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import parse_letter
 from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.text import text_kind, text_request
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError, TargetError
 
@@ -39,8 +40,7 @@ OPTION_PROMPT = "Question: {question}\nAnswer:"
 
 def letter_prompt(question: Question, text: str) -> str:
     """The paper's answer prompt for question ``text`` with ``question``'s options."""
-    options = "".join(f"{x}. {c}\n" for x, c in zip(question.letters, question.choices,
-                                                     strict=True))
+    options = question.options_text("\n") + "\n"
     return (f"You are an expert in {question.subject}. Answer the following question and give "
             f"me the reason.\n{text}\n{options}The correct answer is option: ")
 
@@ -154,18 +154,12 @@ class SamplingObjective(_Submitting):
         self.per_text = int_at_least("samples", samples)
         self.seed = int_at_least("seed", seed, 0)
         self.max_tokens = int_at_least("max_tokens", max_tokens)
-        caps = layer.target.capabilities
-        if "generate" not in caps and "chat" not in caps:
-            raise InputError(f"target {layer.target.id} answers neither generate nor chat "
-                             f"requests, so the sampling objective cannot query it")
-        self.kind = "generate" if "generate" in caps else "chat"
+        self.kind = text_kind(layer.target, ("generate", "chat"), "target (sampling objective)")
 
     def requests(self, question: Question, text: str) -> list[Request]:
         prompt = letter_prompt(question, text)
-        payload = ({"prompt": prompt} if self.kind == "generate"
-                   else {"messages": [{"role": "user", "content": prompt}]})
         params = {"temperature": 1.0, "max_tokens": self.max_tokens, "seed": self.seed}
-        return [Request(self.kind, payload, params, sample=i) for i in range(self.per_text)]
+        return [text_request(self.kind, prompt, params, sample=i) for i in range(self.per_text)]
 
     def read(self, question: Question, responses: list[Response]) -> list[float]:
         counts = np.zeros(len(question.choices))

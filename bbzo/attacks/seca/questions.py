@@ -57,6 +57,14 @@ class Question:
         """Option letters ``A``, ``B``, ... (one per choice)."""
         return tuple(LETTERS[: len(self.choices)])
 
+    def option_text(self, index: int) -> str:
+        """Option ``index`` as every prompt shows it: ``"B. Berlin"``."""
+        return f"{LETTERS[index]}. {self.choices[index]}"
+
+    def options_text(self, sep: str = "; ") -> str:
+        """Every option as ``option_text`` shows it, joined by ``sep``."""
+        return sep.join(self.option_text(i) for i in range(len(self.choices)))
+
     def shuffled(self, seed: int) -> Question:
         """The same question with its options in an order drawn from (seed, id)."""
         order = list(range(len(self.choices)))

@@ -157,3 +157,5 @@ def _loads(text: str, where: str, *, whole: bool = False) -> Any:
         raise InputError(f"{where}: not valid JSON ({err.msg} at {at})") from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply") from None
+    except ValueError:  # json.loads refuses integers of over 4300 digits
+        raise InputError(f"{where}: not valid JSON (a number of over 4300 digits)") from None

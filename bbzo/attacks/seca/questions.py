@@ -169,8 +169,10 @@ def _json(text: str) -> tuple[Any, str | None]:
         return json.loads(text), None
     except RecursionError:
         return None, "JSON nested too deeply"
-    except ValueError as err:  # JSONDecodeError, or an integer of over 4300 digits
-        return None, f"not valid JSON ({getattr(err, 'msg', err)})"
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    except ValueError:  # json.loads refuses integers of over 4300 digits
+        return None, "not valid JSON (a number of over 4300 digits)"
 
 
 def _json_cell(cell: str, where: str, field: str) -> Any:

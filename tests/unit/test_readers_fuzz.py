@@ -44,10 +44,12 @@ def records(fields: list[str]) -> st.SearchStrategy[dict]:
 def lines(fields: list[str], good: dict) -> st.SearchStrategy[bytes]:
     """One JSONL line: a good record with fields changed or dropped, a random record, random
     bytes, deep nesting, a huge number, NaN, each maybe after a BOM."""
+    one_wrong = st.tuples(st.sampled_from(fields), values).map(
+        lambda t: {**good, t[0]: t[1]})
     changed = st.tuples(records(fields), st.lists(st.sampled_from(fields), max_size=2)).map(
         lambda t: {k: v for k, v in {**good, **t[0]}.items() if k not in t[1]})
     text = st.one_of(
-        changed.map(json.dumps), records(fields).map(json.dumps), deep,
+        one_wrong.map(json.dumps), changed.map(json.dumps), records(fields).map(json.dumps), deep,
         deep.map(lambda d: json.dumps(good)[:-1] + f', "x": {d}}}'),
         huge.map(lambda h: json.dumps(good)[:-1] + f', "answer": {h}}}'),
         st.just(json.dumps({**good, "answer": float("nan")})))

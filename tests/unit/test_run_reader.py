@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bbzo.attacks.seca.baseline import matched_budgets
-from bbzo.attacks.seca.evaluate import evaluate_run
+from bbzo.attacks.seca.evaluate import check_record, evaluate_run
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.run import SecaConfig
 from bbzo.cli.main import cli
@@ -75,6 +75,8 @@ def one_error_line(result) -> str:
     (None, [seca_record(eligible=1)], ["line 1: field 'eligible' must be bool, got 1"]),
     (None, [seca_record(answer=7)], ["line 1: field 'answer' must be an index 0..3"]),
     (None, [seca_record(target_letter="Z")], ["line 1: field 'target_letter'"]),
+    (None, [seca_record(target_letter="AB")], ["line 1: field 'target_letter'"]),
+    (None, [seca_record(target_letter=None)], ["line 1: field 'target_letter'"]),
     (None, [seca_record(choices=["x", 1])], ["line 1: field 'choices' must hold 2 to 26"]),
     (None, ["{oops", seca_record()], ["results.jsonl line 1: not valid JSON"]),
     (None, ["[" * 100_000 + "]" * 100_000], ["results.jsonl line 1: JSON nested too deeply"]),
@@ -140,3 +142,22 @@ def test_records_accept_a_bom_and_invisible_characters_are_escaped(tmp_path):
     with pytest.raises(InputError) as err:
         read_records(path, lambda record, where: check_fields(record, {"id": (int,)}, where))
     assert "\\u200b" in str(err.value) and "\u200b" not in str(err.value)
+
+
+WRONG = [None, True, 0, -1, 10 ** 30, 1.5, float("nan"), "", "AB", "\u200b", [], ["x"],
+         {"a": 1}]
+
+
+@pytest.mark.parametrize("field", [f for f in seca_record() if f != "method"])
+def test_every_wrong_value_of_every_field_is_read_or_refused_in_one_line(tmp_path, field):
+    for i, value in enumerate(WRONG):
+        folder = write_run(tmp_path / f"run{i}", [seca_record(**{field: value})])
+        before = snapshot(folder)
+        for read, args in ((read_run, {"check": check_record}),
+                           (matched_budgets, {"questions": [QUESTION], "target": "t",
+                                              "objective": "auto"})):
+            try:
+                read(folder, **args)
+            except InputError as err:
+                assert "\n" not in str(err) and str(err).isprintable()
+        assert snapshot(folder) == before

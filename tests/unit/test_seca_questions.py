@@ -175,3 +175,19 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path)
     [q] = load_questions(jsonl(tmp_path, {"question": "a\u2028b?", "choices": ["x", "y"],
                                           "answer": 0}), shuffle=False)
     assert q.question == "a\u2028b?"
+
+
+WRONG = [None, True, 0, -1, 10 ** 30, 1.5, float("nan"), "", "AB", "\u200b", "\u00b2", [],
+         ["x"], ["x", 1], {"a": 1}]
+
+
+@pytest.mark.parametrize("field", ["question", "choices", "answer", "id", "subject",
+                                   "perturbed_answer"])
+def test_every_wrong_value_of_every_field_is_read_or_refused_in_one_line(tmp_path, field):
+    good = {"question": "Q?", "choices": ["x", "y"], "answer": 1}
+    for i, value in enumerate(WRONG):
+        path = jsonl(tmp_path, {**good, field: value}, name=f"q{i}.jsonl")
+        try:
+            load_questions(path)
+        except InputError as err:
+            assert "\n" not in str(err) and str(err).isprintable()

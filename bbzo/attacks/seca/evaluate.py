@@ -178,8 +178,8 @@ def check_record(record: dict, where: str) -> None:
                          f"{show(choices)}")
     if not 0 <= record["answer"] < len(choices):
         raise InputError(f"{where}: field 'answer' must be an index 0..{len(choices) - 1}, got "
-                         f"{record['answer']}")
-    if record["target_letter"] not in LETTERS[:len(choices)]:
+                         f"{show(record['answer'])}")
+    if record["target_letter"] not in tuple(LETTERS[:len(choices)]):
         raise InputError(f"{where}: field 'target_letter' must be one of the option letters, "
                          f"got {show(record['target_letter'])}")
     if record["adversarial_question"] is None:

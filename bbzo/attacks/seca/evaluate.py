@@ -163,7 +163,7 @@ RECORD_FIELDS = {"id": (str,), "subject": (str,), "choices": (list,), "answer": 
                  "eligible": (bool,), "answer_letter": (str, type(None)),
                  "target_letter": (str, type(None)), "adversarial_question": (str, type(None)),
                  "changed": (bool,), "success": (bool,)}
-HINT = "it holds no SECA run; give the --out folder of 'bbzo attack seca'"
+HINT = "the folder holds no SECA run; give the --out folder of 'bbzo attack seca'"
 
 
 def check_record(record: dict, where: str) -> None:

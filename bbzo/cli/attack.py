@@ -14,7 +14,7 @@ from bbzo.attacks.seca.proposer import FORMATS
 from bbzo.attacks.seca.run import DEFAULT_EMBEDDER, DEFAULT_LM, SecaConfig, run_seca
 from bbzo.cli.console import note, print_json, print_table, progress_bars
 from bbzo.cli.options import open_run, run_options
-from bbzo.runs import RunFolder
+from bbzo.runs.reader import read_records
 
 # With the built-in question set and no --limit / --iterations, run a demo that finishes in
 # about five minutes on 2 CPU cores (SmolLM2: roughly 15 s per search step).
@@ -204,7 +204,7 @@ def evaluate(run_dir: Path, judge: str, k: int, seed: int, max_tokens: int,
 
 def _eval_table(summary: dict, run_dir: Path) -> None:
     rows = []
-    for e in RunFolder(run_dir, resume=True).read_jsonl("eval.jsonl"):
+    for e in read_records(run_dir / "eval.jsonl")[0]:
         rows.append((e["id"], e["target_letter"], " ".join(x or "?" for x in e["letters"]),
                      e["letter_hits"], e["hallucinations"], e["judge_parse_failures"],
                      "yes" if e["attacked"] else "no"))

@@ -32,8 +32,9 @@ def ledger() -> None:
 @click.argument("run")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON on stdout.")
 def show(run: str, json_output: bool) -> None:
-    """Summarise the ledger of RUN (a run folder or a ledger file)."""
-    with Ledger(ledger_path(run)) as book:
+    """Summarise the ledger of RUN (a run folder or a ledger file); reads it only, never
+    changes it, and refuses a file that is not a bbzo ledger."""
+    with Ledger(ledger_path(run), readonly=True) as book:
         summary = book.summary().to_dict()
     if json_output:
         print_json(summary)

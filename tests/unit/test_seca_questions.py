@@ -128,3 +128,66 @@ def test_malformed_files_name_line_and_field(tmp_path, name, text, fragment):
 def test_unreadable_file(tmp_path):
     with pytest.raises(InputError, match="cannot read question file"):
         load_questions(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("q.jsonl", '{"question": "a?", "choices": ["x", "y"], "answer": 1}\n'),
+    ("q.csv", "question,A,B,answer\na?,x,y,1\n"),
+])
+def test_a_byte_order_mark_is_accepted(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # what Excel writes
+    [q] = load_questions(path, shuffle=False)
+    assert (q.question, q.choices, q.answer) == ("a?", ("x", "y"), 1)
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("q.jsonl", '{"question": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "q.jsonl line 1: JSON nested too deeply"),
+    ("q.jsonl", '{"question": "a?", "choices": ["x", "y"], "answer": ' + "9" * 5000 + "}\n",
+     "q.jsonl line 1: not valid JSON"),
+    ("q.jsonl", '{"question": "a?", "choices": ["x", "y"], "answer": "\u00b2"}\n',
+     "line 1: field 'answer' must be an index 0..1 or a letter A-B, got '\u00b2'"),
+    ("q.jsonl", '{"id": [1], "question": "a?", "choices": ["x", "y"], "answer": 0}\n',
+     "line 1: field 'id' must be a string or an integer, got [1]"),
+    ("q.csv", 'question,choices,answer\nQ?,"' + "[" * 100_000 + '",0\n',
+     "q.csv line 2: field 'choices' must hold a JSON list of strings"),
+    ("q.csv", 'question,A,B,answer\nQ?,"' + "x" * 200_000 + '",y,0\n',
+     "q.csv line 2: not valid CSV (field larger than field limit"),
+])
+def test_pathological_lines_are_input_errors(tmp_path, name, text, fragment):
+    with pytest.raises(InputError) as err:
+        load_questions(write(tmp_path, name, text))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("\u200bquestion,A,B\nQ?,x,y\n", "'\\u200bquestion'"),
+    ("question,A,B,answer\nQ?,x,y,\u200bB\n", "'\\u200bB'"),
+])
+def test_invisible_characters_are_shown_escaped(tmp_path, text, shown):
+    with pytest.raises(InputError) as err:
+        load_questions(write(tmp_path, "q.csv", text))
+    assert shown in str(err.value) and "\u200b" not in str(err.value)
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path):
+    [q] = load_questions(jsonl(tmp_path, {"question": "a\u2028b?", "choices": ["x", "y"],
+                                          "answer": 0}), shuffle=False)
+    assert q.question == "a\u2028b?"
+
+
+WRONG = [None, True, 0, -1, 10 ** 30, 1.5, float("nan"), "", "AB", "\u200b", "\u00b2", [],
+         ["x"], ["x", 1], {"a": 1}]
+
+
+@pytest.mark.parametrize("field", ["question", "choices", "answer", "id", "subject",
+                                   "perturbed_answer"])
+def test_every_wrong_value_of_every_field_is_read_or_refused_in_one_line(tmp_path, field):
+    good = {"question": "Q?", "choices": ["x", "y"], "answer": 1}
+    for i, value in enumerate(WRONG):
+        path = jsonl(tmp_path, {**good, field: value}, name=f"q{i}.jsonl")
+        try:
+            load_questions(path)
+        except InputError as err:
+            assert "\n" not in str(err) and str(err).isprintable()

@@ -17,13 +17,13 @@ same objective both spend the same target queries per question (SECA's early sto
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from bbzo.attacks.seca.questions import Question
 from bbzo.blackbox.zo.population import Selection, elite_parents, initial_parents
 from bbzo.errors import InputError
+from bbzo.runs.reader import check_fields, read_run, show
 
 STRATEGIES: dict[str, Selection] = {"random": initial_parents}
 BASELINES = tuple(STRATEGIES)
@@ -40,36 +40,33 @@ def parent_selection(baseline: str | None) -> Selection:
     return STRATEGIES[baseline]
 
 
-def _read_run(folder: Path) -> tuple[dict, list[dict]]:
-    """``config.json`` options and ``results.jsonl`` records of a run folder, read without
-    touching it (it may still be running)."""
-    try:
-        options = json.loads((folder / "config.json").read_text(encoding="utf-8"))["options"]
-        lines = (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read the SECA run to match in {folder}: {err}; give the --out "
-                         f"folder of a 'bbzo attack seca' run") from None
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a record torn by a crash: that question is missing below
-    return options, records
+# Fields of a SECA results.jsonl record that matching reads, with their JSON types.
+MATCH_FIELDS = {"id": (str,), "original_question": (str,), "choices": (list,), "answer": (int,),
+                "proposals": (int,), "unusable_proposals": (int,)}
+
+
+def _check_record(record: dict, where: str) -> None:
+    check_fields(record, MATCH_FIELDS, where)
+    if "unscored" in record:
+        check_fields(record, {"unscored": (int,)}, where)
 
 
 def matched_budgets(match: str | Path, questions: Sequence[Question], target: str,
                     objective: str) -> dict[str, int]:
     """Texts SECA scored per question id in the run folder ``match`` (proposals minus the
     unusable and unscored ones), checked comparable: same target and objective, and every
-    question present with the same text, options and answer."""
-    folder = Path(match)
-    options, records = _read_run(folder)
-    if options.get("baseline") is not None:
-        raise InputError(f"{folder} is a {options['baseline']} baseline run; match a SECA run")
+    question present with the same text, options and answer. The folder is only read (it may
+    still be running: a record being written is left out)."""
+    view = read_run(match, check=_check_record, hint="cannot read the SECA run to match; give "
+                    "--match the --out folder of a 'bbzo attack seca' run")
+    folder, options, records = view.path, view.options, view.records
+    kind = options.get("baseline")
+    if kind is not None:
+        raise InputError(f"{folder} is a {kind if kind in BASELINES else show(kind)} baseline "
+                         f"run; match a SECA run")
     for name, mine in (("target", target), ("objective", objective)):
         if options.get(name) != mine:
-            raise InputError(f"the run to match in {folder} used {name} {options.get(name)!r}, "
+            raise InputError(f"the run to match in {folder} used {name} {show(options.get(name))}, "
                              f"this run {mine!r}; use the same {name}")
     found = {r["id"]: r for r in records}
     budgets = {}

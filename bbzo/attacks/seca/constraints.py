@@ -37,6 +37,7 @@ from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.text import TEXT_KINDS, text_kind, text_request
 from bbzo.checks import fraction, int_at_least, positive
 from bbzo.errors import InputError, TargetError
 
@@ -199,19 +200,13 @@ class LLMJudge:
     name = "judge"
 
     def __init__(self, layer: QueryLayer, *, max_tokens: int = 128) -> None:
-        caps = layer.target.capabilities
-        self.kind = "chat" if "chat" in caps else "generate"
-        if self.kind not in caps:
-            raise InputError(f"judge {layer.target.id} answers neither chat nor generate "
-                             f"requests; choose another --judge")
+        self.kind = text_kind(layer.target, TEXT_KINDS, "judge")
         self.layer = layer
         self.max_tokens = int_at_least("judge max_tokens", max_tokens)
 
     def prompt(self, question: Question, text: str) -> str:
         """The judge's instruction for one rewrite."""
-        answer = f"{question.letters[question.answer]}. {question.choices[question.answer]}"
-        options = "; ".join(f"{x}. {c}" for x, c in zip(question.letters, question.choices,
-                                                        strict=True))
+        answer, options = question.option_text(question.answer), question.options_text()
         items = "\n".join(f"- {k}: {v.format(answer=answer)}"
                           for k, v in {**CRITERIA, **FLUENCY}.items())
         example = json.dumps({k: 1 for k in [*CRITERIA, *FLUENCY]})
@@ -225,12 +220,8 @@ class LLMJudge:
         if not texts:
             return []
         params = {"temperature": 0, "max_tokens": self.max_tokens}
-        requests = []
-        for text in texts:
-            prompt = self.prompt(question, text)
-            payload = ({"messages": [{"role": "user", "content": prompt}]}
-                       if self.kind == "chat" else {"prompt": prompt})
-            requests.append(Request(self.kind, payload, params))
+        requests = [text_request(self.kind, self.prompt(question, text), params)
+                    for text in texts]
         return [self._verdicts(str(r.output.get("text", "")))
                 for r in self.layer.submit(requests)]
 

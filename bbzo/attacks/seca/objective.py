@@ -21,27 +21,26 @@ records which objective produced it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from bbzo.attacks.seca.questions import Question
+from bbzo.attacks.seca.replies import parse_letter
 from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.text import text_kind, text_request
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError, TargetError
 
 EPS = 1e-10
 OPTION_PROMPT = "Question: {question}\nAnswer:"
-_LETTER = re.compile(r"\b([A-Z])\b")
 
 
 def letter_prompt(question: Question, text: str) -> str:
     """The paper's answer prompt for question ``text`` with ``question``'s options."""
-    options = "".join(f"{x}. {c}\n" for x, c in zip(question.letters, question.choices,
-                                                     strict=True))
+    options = question.options_text("\n") + "\n"
     return (f"You are an expert in {question.subject}. Answer the following question and give "
             f"me the reason.\n{text}\n{options}The correct answer is option: ")
 
@@ -136,8 +135,8 @@ class OptionObjective(_Submitting):
 
 class SamplingObjective(_Submitting):
     """An estimate for targets without log-probabilities: ``samples`` draws of a short answer
-    at temperature 1 (request ``sample`` indices 0..samples-1), the first standalone capital
-    letter of each read as its choice; p(option) = (count + 1) / (parsed draws + options).
+    at temperature 1 (request ``sample`` indices 0..samples-1), each read as its choice by
+    ``parse_letter`` (the rule ASR@K uses); p(option) = (count + 1) / (parsed draws + options).
 
     Args:
         layer: the target's query layer.
@@ -155,25 +154,19 @@ class SamplingObjective(_Submitting):
         self.per_text = int_at_least("samples", samples)
         self.seed = int_at_least("seed", seed, 0)
         self.max_tokens = int_at_least("max_tokens", max_tokens)
-        caps = layer.target.capabilities
-        if "generate" not in caps and "chat" not in caps:
-            raise InputError(f"target {layer.target.id} answers neither generate nor chat "
-                             f"requests, so the sampling objective cannot query it")
-        self.kind = "generate" if "generate" in caps else "chat"
+        self.kind = text_kind(layer.target, ("generate", "chat"), "target (sampling objective)")
 
     def requests(self, question: Question, text: str) -> list[Request]:
         prompt = letter_prompt(question, text)
-        payload = ({"prompt": prompt} if self.kind == "generate"
-                   else {"messages": [{"role": "user", "content": prompt}]})
         params = {"temperature": 1.0, "max_tokens": self.max_tokens, "seed": self.seed}
-        return [Request(self.kind, payload, params, sample=i) for i in range(self.per_text)]
+        return [text_request(self.kind, prompt, params, sample=i) for i in range(self.per_text)]
 
     def read(self, question: Question, responses: list[Response]) -> list[float]:
         counts = np.zeros(len(question.choices))
         for response in responses:
-            found = _LETTER.search(str(response.output.get("text", "")).strip())
-            if found and found.group(1) in question.letters:
-                counts[question.letters.index(found.group(1))] += 1
+            letter = parse_letter(str(response.output.get("text", "")), question.letters)
+            if letter is not None:
+                counts[question.letters.index(letter)] += 1
         return np.log((counts + 1.0) / (counts.sum() + len(counts))).tolist()
 
 

@@ -35,8 +35,8 @@ from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.text import TEXT_KINDS, text_kind, text_request
 from bbzo.checks import int_at_least, non_negative, one_of
-from bbzo.errors import InputError
 
 FORMATS = ("chat", "completion")
 MAX_CHARS = 400  # a proposal longer than this is not a rewrite of a one-sentence question
@@ -154,11 +154,8 @@ class LLMProposer:
         self.fmt = one_of("proposer format", fmt, FORMATS)
         self.temperature = non_negative("temperature", temperature)
         self.max_tokens = int_at_least("max_tokens", max_tokens)
-        caps = layer.target.capabilities
-        self.kind = "chat" if fmt == "chat" and "chat" in caps else "generate"
-        if self.kind not in caps:
-            raise InputError(f"proposer {layer.target.id} cannot answer {self.kind} requests, "
-                             f"which the {fmt} format needs; choose another format or proposer")
+        self.kind = text_kind(layer.target, TEXT_KINDS if fmt == "chat" else ("generate",),
+                              f"proposer (format {fmt})")
         self.stats = ProposerStats()
 
     def propose(self, question: Question, parents: Sequence[str], m: int,
@@ -182,19 +179,15 @@ class LLMProposer:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                   "seed": self.seed}
         if self.fmt == "completion":
-            return Request(self.kind, {"prompt": completion_prompt(parent, verb, style)},
-                           {**params, "stop": LINE_END}, sample=sample)
-        answer = f"{question.letters[question.answer]}. {question.choices[question.answer]}"
+            return text_request(self.kind, completion_prompt(parent, verb, style),
+                                {**params, "stop": LINE_END}, sample=sample)
+        answer = question.option_text(question.answer)
         instruction = rng.choice(TEMPLATES).format(
             verb=verb, verb_lower=verb.lower(), style=style, question=parent, answer=answer,
             subject=question.subject,
-            options="; ".join(f"{x}. {c}" for x, c in zip(question.letters, question.choices,
-                                                          strict=True)))
-        messages = [{"role": "system", "content": f"You are an expert in {question.subject}."},
-                    {"role": "user", "content": f"{instruction}\n{JSON_REQUEST}"}]
-        payload = ({"messages": messages} if self.kind == "chat" else
-                   {"prompt": "\n\n".join(msg["content"] for msg in messages)})
-        return Request(self.kind, payload, params, sample=sample)
+            options=question.options_text())
+        return text_request(self.kind, f"{instruction}\n{JSON_REQUEST}", params,
+                            system=f"You are an expert in {question.subject}.", sample=sample)
 
 
 def completion_prompt(parent: str, verb: str, style: str) -> str:

@@ -8,13 +8,15 @@ Accepted records (one per JSONL line or CSV row):
   or one), optional ``subject`` and ``id``.
 
 Options are shuffled per question with a generator seeded by (seed, question id), so a question's
-order does not depend on which other questions the file holds. A malformed record raises
-``InputError`` naming the file, the line and the field.
+order does not depend on which other questions the file holds. Files are UTF-8, with or
+without a byte-order mark (as Excel writes them). A malformed record raises ``InputError``
+naming the file, the line and the field, with values shown escaped (``'\\ufeff'``), never raw.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import string
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bbzo.errors import InputError
+from bbzo.runs.reader import show
 
 LETTERS = string.ascii_uppercase
 DEFAULT_SUBJECT = "general knowledge"
@@ -54,6 +57,14 @@ class Question:
         """Option letters ``A``, ``B``, ... (one per choice)."""
         return tuple(LETTERS[: len(self.choices)])
 
+    def option_text(self, index: int) -> str:
+        """Option ``index`` as every prompt shows it: ``"B. Berlin"``."""
+        return f"{LETTERS[index]}. {self.choices[index]}"
+
+    def options_text(self, sep: str = "; ") -> str:
+        """Every option as ``option_text`` shows it, joined by ``sep``."""
+        return sep.join(self.option_text(i) for i in range(len(self.choices)))
+
     def shuffled(self, seed: int) -> Question:
         """The same question with its options in an order drawn from (seed, id)."""
         order = list(range(len(self.choices)))
@@ -76,13 +87,13 @@ def load_questions(path: str | Path | None = None, *, seed: int = 0, shuffle: bo
         raise InputError(f"limit must be a positive integer or None, got {limit!r}")
     if path is None:
         source = resources.files("bbzo.attacks.seca").joinpath("data").joinpath(BUILTIN)
-        name, text = BUILTIN, source.read_text(encoding="utf-8")
+        name, text = BUILTIN, source.read_text(encoding="utf-8-sig")
         rows = _jsonl_rows(text, name)
     else:
         file = Path(path)
         name = str(file)
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"cannot read question file {file}: {err}") from None
         suffix = file.suffix.lower()
@@ -97,7 +108,7 @@ def load_questions(path: str | Path | None = None, *, seed: int = 0, shuffle: bo
     for line, record in rows:
         q = _question(record, f"{name} line {line}", default_id=f"line-{line}")
         if q.id in seen:
-            raise InputError(f"{name} line {line}: field 'id' repeats {q.id!r} from line "
+            raise InputError(f"{name} line {line}: field 'id' repeats {show(q.id)} from line "
                              f"{seen[q.id]}; ids must be unique")
         seen[q.id] = line
         questions.append(q.shuffled(seed) if shuffle else q)
@@ -107,14 +118,12 @@ def load_questions(path: str | Path | None = None, *, seed: int = 0, shuffle: bo
 
 
 def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict]]:
-    for line, raw in enumerate(text.splitlines(), 1):
+    for line, raw in enumerate(text.split("\n"), 1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{name} line {line}: not valid JSON ({err.msg}); each line must "
-                             f"be one JSON object") from None
+        record, problem = _json(raw)
+        if problem:
+            raise InputError(f"{name} line {line}: {problem}; each line must be one JSON object")
         if not isinstance(record, dict):
             raise InputError(f"{name} line {line}: expected a JSON object with a 'question' "
                              f"field, got {type(record).__name__}")
@@ -122,11 +131,19 @@ def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict]]:
 
 
 def _csv_rows(text: str, name: str) -> Iterator[tuple[int, dict]]:
-    reader = csv.DictReader(text.splitlines())
-    header = reader.fieldnames or []
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        header = reader.fieldnames or []
+        yield from _csv_records(reader, header, name)
+    except csv.Error as err:
+        raise InputError(f"{name} line {reader.line_num + 1}: not valid CSV ({err})") from None
+
+
+def _csv_records(reader: csv.DictReader, header: list[str],
+                 name: str) -> Iterator[tuple[int, dict]]:
     if "question" not in header:
         raise InputError(f"{name} line 1: the CSV header needs a 'question' column, got "
-                         f"{', '.join(header) or 'no columns'}")
+                         f"{', '.join(map(show, header)) or 'no columns'}")
     letters = [c for c in LETTERS if c in header]
     if letters and letters != list(LETTERS[: len(letters)]):
         raise InputError(f"{name} line 1: option columns must be consecutive from A, got "
@@ -146,18 +163,30 @@ def _csv_rows(text: str, name: str) -> Iterator[tuple[int, dict]]:
         yield line, {k: v for k, v in record.items() if v != ""}
 
 
-def _json_cell(cell: str, where: str, field: str) -> Any:
+def _json(text: str) -> tuple[Any, str | None]:
+    """``text`` parsed as JSON and None, or None and what is wrong with it."""
     try:
-        return json.loads(cell)
-    except json.JSONDecodeError:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    except ValueError:  # json.loads refuses integers of over 4300 digits
+        return None, "not valid JSON (a number of over 4300 digits)"
+
+
+def _json_cell(cell: str, where: str, field: str) -> Any:
+    value, problem = _json(cell)
+    if problem:
         raise InputError(f"{where}: field {field!r} must hold a JSON list of strings, got "
-                         f"{cell[:40]!r}") from None
+                         f"{show(cell)} ({problem})")
+    return value
 
 
 def _text(record: dict, field: str, where: str) -> str:
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():
-        what = "missing" if value is None else f"got {value!r}"
+        what = "missing" if value is None else f"got {show(value)}"
         raise InputError(f"{where}: field {field!r} must be a non-empty string ({what})")
     return value.strip()
 
@@ -166,7 +195,7 @@ def _question(record: dict, where: str, default_id: str) -> Question:
     """A ``Question`` from one MMLU-like or TOFU record."""
     question = _text(record, "question", where)
     subject = _text(record, "subject", where) if "subject" in record else DEFAULT_SUBJECT
-    qid = str(record["id"]).strip() if record.get("id") not in (None, "") else default_id
+    qid = _id(record.get("id"), where) or default_id
     if "choices" in record:
         choices = _choices(record["choices"], "choices", where)
         answer = _answer_index(record.get("answer"), len(choices), where)
@@ -182,27 +211,38 @@ def _question(record: dict, where: str, default_id: str) -> Question:
     return Question(qid, question, choices, answer, subject.replace("_", " "))
 
 
+def _id(value: Any, where: str) -> str:
+    """The record's id as a string ("" when absent)."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InputError(f"{where}: field 'id' must be a string or an integer, got {show(value)}")
+
+
 def _choices(value: Any, field: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not 2 <= len(value) <= len(LETTERS):
         raise InputError(f"{where}: field {field!r} must give 2 to {len(LETTERS)} options in "
-                         f"all, got {value!r}")
+                         f"all, got {show(value)}")
     if not all(isinstance(c, str) and c.strip() for c in value):
-        raise InputError(f"{where}: field {field!r} must hold non-empty strings, got {value!r}")
+        raise InputError(f"{where}: field {field!r} must hold non-empty strings, got "
+                         f"{show(value)}")
     choices = tuple(c.strip() for c in value)
     if len(set(choices)) != len(choices):
-        raise InputError(f"{where}: field {field!r} repeats an option: {list(choices)!r}")
+        raise InputError(f"{where}: field {field!r} repeats an option: {show(list(choices))}")
     return choices
 
 
 def _answer_index(value: Any, n: int, where: str) -> int:
     """The answer as an index: an integer 0..n-1, a digit string, or a letter A.."""
     letters = LETTERS[:n]
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    digits = value.strip() if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 3:  # no index is longer
+        value = int(digits)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n:
         return value
     letter = value.strip().upper() if isinstance(value, str) else None
     if letter is not None and len(letter) == 1 and letter in letters:
         return letters.index(letter)
     raise InputError(f"{where}: field 'answer' must be an index 0..{n - 1} or a letter "
-                     f"{letters[0]}-{letters[-1]}, got {value!r}")
+                     f"{letters[0]}-{letters[-1]}, got {show(value)}")

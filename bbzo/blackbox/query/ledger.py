@@ -56,6 +56,54 @@ CREATE TABLE IF NOT EXISTS queries (
     updated_at REAL NOT NULL
 )
 """
+# Columns ``Ledger.summary`` reads; a file without them is not a bbzo ledger.
+_READ_COLUMNS = frozenset({"key", "target", "kind", "status", "error", "prompt_tokens",
+                           "completion_tokens", "cost", "latency_s", "attempts", "hits",
+                           "updated_at"})
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the bbzo ledger at ``path``; InputError for anything else.
+
+    Creates, changes and locks nothing: a ledger a run has open (its ``-wal`` file exists) is
+    read through SQLite's ``mode=ro``, which sees the live answers; a closed one is read as
+    ``immutable`` (``mode=ro`` alone would leave ``-wal`` and ``-shm`` files behind). The file
+    must be SQLite with a ``queries`` table holding the ledger's columns and a schema version
+    this bbzo reads.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise InputError(f"cannot read ledger {path}: {err.strerror or err}") from None
+    if head != _SQLITE_MAGIC:
+        raise InputError(f"{path} is not a bbzo ledger (not an SQLite database); give a run "
+                         f"folder or its ledger.sqlite")
+    live = Path(f"{path}-wal").exists()
+    uri = f"{path.absolute().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None,
+                         timeout=30.0)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        columns = {row[1] for row in db.execute("PRAGMA table_info(queries)")}
+    except sqlite3.DatabaseError as err:
+        db.close()
+        raise InputError(f"{path} is not a bbzo ledger ({err}); give a run folder or its "
+                         f"ledger.sqlite") from None
+    if not _READ_COLUMNS <= columns or not 1 <= version:
+        db.close()
+        raise InputError(f"{path} is not a bbzo ledger (no 'queries' table with the ledger's "
+                         f"columns, or schema version {version}); give a run folder or its "
+                         f"ledger.sqlite")
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise InputError(f"ledger {path} has schema v{version}; this bbzo reads "
+                         f"v{SCHEMA_VERSION}: upgrade bbzo")
+    return db
+
+
 def _percentile(ordered: list[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted values (``p`` in (0, 1]); None if empty."""
     if not ordered:
@@ -106,11 +154,17 @@ class Ledger:
 
     Args:
         path: the SQLite file (created with its parent folder if missing).
+        readonly: open an existing ledger for reading only (``open_readonly``): nothing is
+            created or changed, and a file that is not a bbzo ledger is refused.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.redactions = 0
+        if readonly:
+            self._lock = threading.Lock()
+            self._db = open_readonly(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:

@@ -202,3 +202,17 @@ def test_a_deleted_config_cannot_change_the_options_of_a_resumed_run(tmp_path):
         RunFolder(tmp_path, resume=True).write_config({"budget": 100}, seed=1)
     config = RunFolder(tmp_path, resume=True).write_config({"budget": 100}, seed=0)
     assert config["options"] == {"budget": 100}
+
+
+def test_credentials_inside_urls_never_reach_the_disk(tmp_path, monkeypatch):
+    url = "https://alice:hunter9@llm.example.com/v1?api_key=hunter10&model=m&token=hunter11"
+    monkeypatch.setattr("sys.argv", ["bbzo", "attack", "seca", "--base-url", url,
+                                     f"--base-url={url}"])
+    RunFolder(tmp_path).write_config({"base_url": url}, seed=0)
+    disk = (tmp_path / "config.json").read_text()
+    assert "hunter" not in disk and "alice" not in disk
+    config = json.loads(disk)
+    assert config["options"]["base_url"] == (f"https://{REDACTED}@llm.example.com/v1?api_key="
+                                             f"{REDACTED}&model=m&token={REDACTED}")
+    assert config["argv"][-2] == config["options"]["base_url"]
+    assert redact("https://llm.example.com/v1?model=m") == "https://llm.example.com/v1?model=m"

@@ -108,6 +108,30 @@ def options_hash(options: Any, seed: int) -> str:
     return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
 
 
+def check_same_settings(path: str | os.PathLike, options: dict[str, Any], seed: int) -> None:
+    """``InputError`` when the run in ``path`` was started with other options or seed (read from
+    its ``config.json``, else the hash in its manifest); nothing is written. A folder without
+    either (a new run) passes."""
+    folder = Path(path)
+    stored = {"options": json.loads(_to_json(options, indent=None)), "seed": seed}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{folder / 'config.json'} is not valid JSON ({err}); delete it or "
+                             f"use a new --out") from None
+        old = {"options": config.get("options"), "seed": config.get("seed")}
+        if old != stored:
+            raise InputError(f"run folder {folder} was started with other settings "
+                             f"({_differences(old, stored)}); use the same options or a new "
+                             f"--out")
+    elif (folder / MANIFEST).is_file():
+        known = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("options_sha256")
+        if known is not None and known != options_hash(options, seed):
+            raise InputError(f"run folder {folder} lost its config.json and was started with "
+                             f"other settings; use the same options or a new --out")
+
+
 class RunFolder:
     """A run's output folder.
 
@@ -195,30 +219,21 @@ class RunFolder:
     def write_config(self, options: dict[str, Any], seed: int) -> dict[str, Any]:
         """Record the run's options and seed with library versions, platform and time.
 
-        On resume the stored options and seed must match (the run would not be one run
-        otherwise); the time of the resume is added to ``resumed_at``. The manifest keeps the
-        options' hash, so a deleted ``config.json`` cannot let a resume change them.
+        On resume the stored options and seed must match (``check_same_settings``); the time
+        of the resume is added to ``resumed_at``. The manifest keeps the options' hash, so a
+        deleted ``config.json`` cannot let a resume change them.
         """
+        check_same_settings(self.path, options, seed)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        stored = {"options": json.loads(_to_json(options, indent=None)), "seed": seed}
-        digest = options_hash(options, seed)
-        path = self.file("config.json")
-        if path.exists():
+        if self.file("config.json").exists():
             config = self.read_json("config.json")
-            old = {"options": config.get("options"), "seed": config.get("seed")}
-            if old != stored:
-                changed = _differences(old, stored)
-                raise InputError(f"run folder {self.path} was started with other settings "
-                                 f"({changed}); use the same options or a new --out")
             config["resumed_at"] = [*config.get("resumed_at", []), now]
         else:
-            known = self.manifest.get("options_sha256")
-            if known is not None and known != digest:
-                raise InputError(f"run folder {self.path} lost its config.json and was started "
-                                 f"with other settings; use the same options or a new --out")
-            config = {**stored, "versions": library_versions(), "device": device_info(),
+            config = {"options": json.loads(_to_json(options, indent=None)), "seed": seed,
+                      "versions": library_versions(), "device": device_info(),
                       "platform": platform.platform(), "argv": redact_argv(sys.argv),
                       "created_at": now}
+        digest = options_hash(options, seed)
         if self.manifest.get("options_sha256") != digest:
             self.manifest["options_sha256"] = digest
             self._write_manifest(self.manifest)
@@ -235,23 +250,34 @@ class RunFolder:
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
         """All records of a JSONL file ([] when it does not exist yet)."""
-        path = self.file(name)
-        if not path.exists():
-            return []
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise InputError(f"{path}:{lineno} is not valid JSON; repair or delete "
-                                     f"that line") from None
-        return records
+        return read_jsonl_file(self.file(name))
 
     def write_summary(self, obj: dict[str, Any]) -> Path:
         return self.write_json("summary.json", obj)
+
+
+def read_jsonl_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a JSONL file, read without changing it ([] when it does not exist).
+
+    A last line without its newline that does not parse (a write cut by a crash) is left
+    out; any other line that does not parse is an ``InputError`` naming its number.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno == len(lines):  # no newline after it: torn by a crash
+                break
+            raise InputError(f"{path}:{lineno} is not valid JSON; repair or delete "
+                             f"that line") from None
+    return records
 
 
 @contextlib.contextmanager

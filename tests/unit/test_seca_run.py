@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from seca_support import save_roomy_lm, save_tiny_embedder
 
-import bbzo.attacks.seca.run as seca_run
+import bbzo.runs.roles as run_roles
 from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.run import SecaConfig, run_seca
@@ -19,6 +19,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.targets.hf import HFTarget
 from bbzo.errors import InputError
+from bbzo.runs import MANIFEST
 
 RECORD_KEYS = {
     "id", "subject", "original_question", "adversarial_question", "choices", "answer",
@@ -132,13 +133,13 @@ def test_the_tiny_judge_fails_to_parse_and_it_is_counted(setup, tmp_path):
 
 def test_roles_on_one_spec_share_one_loaded_model(setup, tmp_path, monkeypatch):
     loaded = []
-    real = seca_run.load_target
+    real = run_roles.load_target
 
     def counting(spec, **options):
         loaded.append(spec)
         return real(spec, **options)
 
-    monkeypatch.setattr(seca_run, "load_target", counting)
+    monkeypatch.setattr(run_roles, "load_target", counting)
     run_seca(replace(setup, limit=1, iterations=1), out=tmp_path / "out")
     assert sorted(loaded) == sorted([setup.target, setup.embedder])
 
@@ -148,7 +149,7 @@ def test_resume_skips_done_questions_and_resends_nothing(setup, finished, tmp_pa
     out, _ = finished
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("config.json", "results.jsonl", "ledger.sqlite"):
+    for name in (MANIFEST, "config.json", "results.jsonl", "ledger.sqlite"):
         (copy / name).write_bytes((out / name).read_bytes())
     before = records(copy)
     # Lose the last record, as if the run had been killed while attacking q3.
@@ -166,7 +167,7 @@ def test_resume_skips_done_questions_and_resends_nothing(setup, finished, tmp_pa
     assert [without_run_costs(r) for r in after] == [without_run_costs(r) for r in before]
     assert after[-1]["sent"] == 0 and summary["questions"] == 3
     # With every question done, a resume loads no model at all.
-    monkeypatch.setattr(seca_run, "load_target", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(run_roles, "load_target", lambda *a, **k: pytest.fail("loaded a model"))
     again = run_seca(setup, out=copy, resume=True)
     assert again["asr"] == summary["asr"] and len(records(copy)) == 3
     with pytest.raises(InputError, match="other settings"):

@@ -35,7 +35,7 @@ from typing import Any
 from bbzo.attacks.seca.objective import letter_prompt
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag
-from bbzo.attacks.seca.run import Roles, SecaConfig
+from bbzo.attacks.seca.run import SecaConfig, open_roles
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.checks import int_at_least
@@ -231,7 +231,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: in
     config = replace(config, budget_queries=budget_queries, max_cost=max_cost,
                      device=device or config.device)
     config.validate()
-    roles = Roles(config, run, {"target": config.target, "eval_judge": judge})
+    roles = open_roles(config, run, {"target": config.target, "eval_judge": judge})
     try:
         if progress is not None:
             roles.layers["target"].progress = lambda done, total: progress("answers", done,
@@ -254,6 +254,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: in
     for e in evals:
         run.append_jsonl(part, e)
     run.file(part).touch()
-    os.replace(run.file(part), run.file("eval.jsonl"))
+    os.replace(run.file(part), run.own("eval.jsonl"))
     run.write_json("eval_summary.json", summary)
     return summary

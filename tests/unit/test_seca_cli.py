@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from seca_support import save_roomy_lm, save_tiny_embedder
 
-from bbzo.cli.attack import DEMO_ITERATIONS, DEMO_LIMIT, PAPER_ITERATIONS
+from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, SecaConfig
 from bbzo.cli.main import cli
 
 
@@ -62,7 +62,7 @@ def test_json_run_then_table_on_resume(models, questions, tmp_path):
     assert "SECA on hf:" in table.stdout and "q1" in table.stdout and "q2" in table.stdout
 
 
-def test_defaults_are_paper_sized_for_files_and_demo_sized_for_the_builtin_set(models, tmp_path):
+def test_defaults_come_from_secaconfig_and_the_demo_is_a_preset(models, tmp_path):
     ineligible = tmp_path / "q.jsonl"  # answer 'zero' of four: the budget stops the run early
     ineligible.write_text(json.dumps({"question": "1+1?", "choices": ["2", "3", "4", "0"],
                                       "answer": 3}) + "\n")
@@ -70,8 +70,16 @@ def test_defaults_are_paper_sized_for_files_and_demo_sized_for_the_builtin_set(m
                     "--budget-queries", 1, "--json")
     assert result.exit_code == 0, result.stderr
     options = json.loads((tmp_path / "file" / "config.json").read_text())["options"]
-    assert (options["iterations"], options["limit"]) == (PAPER_ITERATIONS, None)
-    result = invoke(*models, "--out", tmp_path / "demo", "--budget-queries", 1, "--json")
+    paper = SecaConfig()
+    assert (options["iterations"], options["limit"]) == (paper.iterations, paper.limit)
+    for name in ("candidates", "parents", "samples", "objective", "proposer_format"):
+        assert options[name] == getattr(paper, name), name
+    result = invoke(*models, "--out", tmp_path / "builtin", "--budget-queries", 1, "--json")
+    assert result.exit_code == 0, result.stderr
+    options = json.loads((tmp_path / "builtin" / "config.json").read_text())["options"]
+    assert (options["iterations"], options["limit"]) == (paper.iterations, paper.limit)
+    result = invoke(*models, "--preset", "demo", "--out", tmp_path / "demo",
+                    "--budget-queries", 1, "--json")
     assert result.exit_code == 0, result.stderr
     options = json.loads((tmp_path / "demo" / "config.json").read_text())["options"]
     assert (options["iterations"], options["limit"]) == (DEMO_ITERATIONS, DEMO_LIMIT)

@@ -188,6 +188,9 @@ class SecaConfig:
                              base_url=self.base_url, rpm=self.rpm, tpm=self.tpm)
 
 
+PRESETS = {"paper": SecaConfig, "demo": SecaConfig.demo}  # name -> (**changes) -> SecaConfig
+
+
 def open_roles(config: SecaConfig, run: RunFolder,
                specs: dict[str, str | None] | None = None) -> Roles:
     """Load the roles' models (``specs``, default the roles of ``config``) and connect them to

@@ -16,6 +16,7 @@ from bbzo.blackbox.zo.demo import METHODS, run_demo
 from bbzo.blackbox.zo.problems import logistic_regression, quadratic, rosenbrock
 from bbzo.cli.main import cli
 from bbzo.errors import TargetError
+from bbzo.runs import MANIFEST
 
 TINY = 200  # queries per problem × method run: ~1 s for the whole demo
 FILES = {"config.json", "results.jsonl", "curves.jsonl", "loss_vs_queries.png", "summary.json"}
@@ -182,7 +183,7 @@ def reference(tmp_path_factory):
 
 def test_run_demo_writes_every_file_and_reports_progress(reference):
     out, summary, calls = reference
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == FILES | {MANIFEST}
     assert (out / "loss_vs_queries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["options"]["budget"] == TINY

@@ -126,7 +126,12 @@ def check_same_settings(path: str | os.PathLike, options: dict[str, Any], seed: 
                              f"({_differences(old, stored)}); use the same options or a new "
                              f"--out")
     elif (folder / MANIFEST).is_file():
-        known = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("options_sha256")
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{folder / MANIFEST} is not valid JSON ({err}); use a new "
+                             f"--out") from None
+        known = manifest.get("options_sha256")
         if known is not None and known != options_hash(options, seed):
             raise InputError(f"run folder {folder} lost its config.json and was started with "
                              f"other settings; use the same options or a new --out")
@@ -147,7 +152,11 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False) -> None:
         self.path = check_run_folder(path, resume=resume)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create run folder {self.path}: {err.strerror}; choose "
+                             f"another --out") from None
         if not self.manifest_path.exists():
             self._write_manifest({"bbzo": library_versions()["bbzo"], "files": [],
                                   "options_sha256": None})

@@ -41,6 +41,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder
+from bbzo.runs.driver import is_error, latest_records
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -198,7 +199,8 @@ def _open(run_dir: str | os.PathLike) -> tuple[RunFolder, SecaConfig, list[dict]
     if unknown or "target" not in options:
         raise InputError(f"{folder}/config.json is not a SECA run's config (unknown options "
                          f"{sorted(unknown)}); give the --out folder of 'bbzo attack seca'")
-    return run, SecaConfig(**options, seed=stored.get("seed", 0)), run.read_jsonl("results.jsonl")
+    records = [r for r in latest_records(run.read_jsonl("results.jsonl")) if not is_error(r)]
+    return run, SecaConfig(**options, seed=stored.get("seed", 0)), records
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: int = 0,

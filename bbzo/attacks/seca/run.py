@@ -176,8 +176,8 @@ class SecaConfig:
             checks.append(("baseline", lambda: one_of("baseline", self.baseline, BASELINES)))
         check_fields(checks)
         if self.baseline is None and self.match is not None:
-            raise FieldError("match", "needs --baseline random (baseline='random'): it sets a "
-                                      "baseline's budget; or drop match")
+            raise FieldError("match", "needs --baseline random: it sets a baseline's budget; "
+                                      "add baseline='random' or drop match")
         for role in ("target", "proposer"):
             if not isinstance(getattr(self, role), str) or not getattr(self, role).strip():
                 raise FieldError(role, f"must be a target spec such as {DEFAULT_LM!r}")

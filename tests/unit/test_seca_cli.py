@@ -106,6 +106,8 @@ def test_roles_can_be_turned_off(models, questions, tmp_path):
     (["--questions", "/nonexistent/q.jsonl"], "'--questions'"),
     (["--parents", "-2"], "'--parents'"),
     (["--nope"], "No such option"),
+    (["--base-url", "http://localhost:8000/v1"], "'--base-url'"),  # the target is hf:
+    (["--target", " "], "'--target'"),
 ])
 def test_usage_errors_exit_2(extra, fragment):
     result = invoke(*extra)

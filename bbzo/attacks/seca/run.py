@@ -181,6 +181,9 @@ class SecaConfig:
         for role in ("target", "proposer"):
             if not isinstance(getattr(self, role), str) or not getattr(self, role).strip():
                 raise FieldError(role, f"must be a target spec such as {DEFAULT_LM!r}")
+        if self.base_url is not None and not self.target.strip().startswith("openai:"):
+            raise FieldError("base_url", f"applies to an openai:<model> target only, not to "
+                                         f"{self.target!r}; drop it or use an openai: target")
 
     def model_settings(self) -> ModelSettings:
         """How the roles' models are loaded and limited."""

@@ -1,10 +1,13 @@
 """Run folders and the shared run driver: what every method's run writes and how it loops.
 
-- ``folder``: ``RunFolder`` (manifest, config.json, atomic JSON, incremental JSONL, resume).
+- ``folder``: ``RunFolder`` (manifest, config.json, atomic JSON, incremental JSONL, resume) and
+  ``check_run_folder`` (the same checks, writing nothing).
 - ``roles``: ``Roles``, the models of a run's roles behind one ledger and one budget.
 - ``driver``: ``run_items``, the item loop with resume, budget stop and per-item errors.
+- ``settings``: ``FieldError`` and ``field_default`` for a method's settings dataclass.
 """
 
+from bbzo.runs.driver import LoopOutcome, latest_records, pending, run_items
 from bbzo.runs.folder import (
     MANIFEST,
     RunFolder,
@@ -13,6 +16,9 @@ from bbzo.runs.folder import (
     device_info,
     library_versions,
 )
+from bbzo.runs.roles import ModelSettings, Roles
+from bbzo.runs.settings import FieldError, field_default
 
-__all__ = ["MANIFEST", "RunFolder", "as_run_folder", "check_run_folder", "device_info",
-           "library_versions"]
+__all__ = ["MANIFEST", "FieldError", "LoopOutcome", "ModelSettings", "Roles", "RunFolder",
+           "as_run_folder", "check_run_folder", "device_info", "field_default",
+           "latest_records", "library_versions", "pending", "run_items"]

@@ -15,11 +15,10 @@ from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
 from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, PRESETS, SecaConfig, run_seca
 from bbzo.cli.console import note, print_json, print_table, progress_bars
-from bbzo.cli.options import config_option, field_usage_error, given, out_path, run_options
+from bbzo.cli.options import config_option, given, out_path, run_options
 from bbzo.runs import RunFolder
 from bbzo.runs.driver import is_error, latest_records
 from bbzo.runs.folder import read_jsonl_file
-from bbzo.runs.settings import FieldError
 
 ROLE_OPTIONS = ("judge", "embedder", "reference")  # 'none' turns these roles off
 
@@ -118,11 +117,8 @@ def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: b
     for name in ROLE_OPTIONS:
         if name in changes:
             changes[name] = _optional(changes[name])
-    try:
-        config = PRESETS[preset](**changes, seed=seed)
-        config.validate()
-    except FieldError as error:
-        raise field_usage_error(error) from None
+    config = PRESETS[preset](**changes, seed=seed)
+    config.validate()  # a FieldError is a usage error on its option (bbzo.cli.main)
     path = out_path(out, resume=resume, command="seca")
     with progress_bars() as progress:
         summary = run_seca(config, out=path, resume=resume, retry_errors=retry_errors,

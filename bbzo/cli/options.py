@@ -1,6 +1,6 @@
 """Options every run command shares (``--out``, ``--seed``, ``--resume``, ``--json``), options
-whose defaults come from a method's settings dataclass, and the mapping of a bad settings field
-back to its option (a usage error, exit 2)."""
+whose defaults come from a method's settings dataclass (a bad value of such a field is a usage
+error on its option: ``bbzo.cli.main``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder, check_run_folder
-from bbzo.runs.settings import FieldError, field_default
+from bbzo.runs.settings import field_default
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,11 +50,6 @@ def given(params: dict[str, Any], cls: type) -> dict[str, Any]:
     """The options of ``params`` the user gave (not None) that are fields of ``cls``."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in params.items() if k in names and v is not None}
-
-
-def field_usage_error(error: FieldError) -> click.BadParameter:
-    """A bad settings field as a usage error on its option (``--max-cost``)."""
-    return click.BadParameter(error.why, param_hint=f"'--{error.field.replace('_', '-')}'")
 
 
 def out_path(out: Path | None, *, resume: bool, command: str) -> Path:

@@ -258,3 +258,20 @@ def test_logistic_reference_is_a_minimum():
     rng = np.random.default_rng(1)
     # No random point near the origin (which the BFGS run started from) is lower.
     assert (p.fun(rng.standard_normal((200, 31))) > p.f_star).all()
+
+
+# --- a bad settings field is a usage error on its option, for every command ------------------
+
+def test_a_bad_field_of_attack_eval_is_a_usage_error_on_its_option(tmp_path):
+    from dataclasses import asdict
+
+    from bbzo.attacks.seca.run import SecaConfig
+    from bbzo.runs import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.write_config({k: v for k, v in asdict(SecaConfig()).items() if k != "seed"}, 0)
+    run.append_jsonl("results.jsonl", {"id": "q1", "error": "TargetError: refused"})
+    result = invoke("attack", "eval", str(run.path), "--judge", "hf:x", "--max-cost", "inf")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "'--max-cost'" in line and "max_cost" not in line

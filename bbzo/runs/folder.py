@@ -9,7 +9,9 @@ replaced by ``"[REDACTED]"`` (``bbzo.redaction``) before anything reaches the di
 bbzo writes only what it created: the manifest ``.bbzo-run.json``, written when the folder is
 created, lists every file bbzo made there and the hash of the run's options. Repair on resume
 (a torn last JSONL line, a leftover temporary file) touches only listed files; a non-empty
-folder without a manifest is not a bbzo run and is refused, never repaired.
+folder without a manifest is not a bbzo run and is refused, never repaired (except a run made
+before manifests existed: its config.json, summary.json and the files the summary lists are
+adopted into a new manifest, ``legacy_files``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def legacy_files(folder: Path) -> list[str] | None:
+    """The files of a bbzo run made before run folders had manifests: ``config.json`` (written
+    by ``write_config``), ``summary.json`` and the files its ``files`` list names; None when
+    ``folder`` holds no such run (both files are needed to tell)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    keys = {"options", "seed", "versions", "created_at"}
+    if not (isinstance(config, dict) and keys <= set(config) and isinstance(summary, dict)
+            and isinstance(summary.get("files"), list)):
+        return None
+    names = {"config.json", "summary.json", *(n for n in summary["files"] if isinstance(n, str))}
+    return sorted(n for n in names if n and Path(n).name == n and (folder / n).is_file())
+
+
 def check_run_folder(path: str | os.PathLike, *, resume: bool = False) -> Path:
     """Whether ``path`` can hold a new run (or, with ``resume``, continue one), checked without
     touching the disk; ``InputError`` naming the folder and the fix otherwise."""
@@ -92,7 +111,7 @@ def check_run_folder(path: str | os.PathLike, *, resume: bool = False) -> Path:
         raise InputError(f"run folder {folder} is a file; choose a folder for --out")
     if not folder.is_dir() or all(p.name == MANIFEST for p in folder.iterdir()):
         return folder  # new, empty, or opened by bbzo and left without any other file
-    if not (folder / MANIFEST).is_file():
+    if not (folder / MANIFEST).is_file() and legacy_files(folder) is None:
         raise InputError(f"run folder {folder} is not empty and is not a bbzo run (no "
                          f"{MANIFEST}); bbzo writes only into folders it created: choose a new "
                          f"or empty --out")
@@ -158,7 +177,8 @@ class RunFolder:
             raise InputError(f"cannot create run folder {self.path}: {err.strerror}; choose "
                              f"another --out") from None
         if not self.manifest_path.exists():
-            self._write_manifest({"bbzo": library_versions()["bbzo"], "files": [],
+            self._write_manifest({"bbzo": library_versions()["bbzo"],
+                                  "files": legacy_files(self.path) or [],
                                   "options_sha256": None})
         self.manifest: dict[str, Any] = self.read_json(MANIFEST)
         self.resumed = resume and (self.path / "config.json").exists()

@@ -216,3 +216,24 @@ def test_credentials_inside_urls_never_reach_the_disk(tmp_path, monkeypatch):
                                              f"{REDACTED}&model=m&token={REDACTED}")
     assert config["argv"][-2] == config["options"]["base_url"]
     assert redact("https://llm.example.com/v1?model=m") == "https://llm.example.com/v1?model=m"
+
+
+def test_a_run_made_before_manifests_is_adopted_with_only_its_own_files(tmp_path):
+    config = {"options": {"budget": 1}, "seed": 0, "versions": {"bbzo": "0.1"},
+              "created_at": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "summary.json").write_text(json.dumps({"files": ["config.json", "results.jsonl",
+                                                                 "summary.json"]}))
+    (tmp_path / "results.jsonl").write_text('{"i": 0}\n{"i": 1, "to')
+    (tmp_path / "notes.jsonl").write_text('{"mine": 1}\n{"mine": 2')
+    with pytest.raises(InputError, match="not empty; pass --resume"):
+        RunFolder(tmp_path)
+    run = RunFolder(tmp_path, resume=True)
+    assert run.owned() == ["config.json", "results.jsonl", "summary.json"]
+    assert run.read_jsonl("results.jsonl") == [{"i": 0}]
+    assert (tmp_path / "results.jsonl").read_text() == '{"i": 0}\n'
+    assert (tmp_path / "notes.jsonl").read_text() == '{"mine": 1}\n{"mine": 2'
+    (tmp_path / "summary.json").write_text("{}")  # without its summary it is not told apart
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(InputError, match="not a bbzo run"):
+        RunFolder(tmp_path, resume=True)

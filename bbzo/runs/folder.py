@@ -207,7 +207,7 @@ class RunFolder:
 
     def _repair(self) -> None:
         """Remove leftover temporary files and cut torn JSONL tails, of owned files only."""
-        owned = set(self.manifest["files"])
+        owned = {*self.manifest["files"], MANIFEST}
         for leftover in self.path.glob(".*.tmp"):
             made_for = leftover.name[1:].rsplit(".", 2)[0]  # .<name>.<hex>.tmp
             if leftover.name in owned or made_for in owned:

@@ -69,6 +69,7 @@ def test_failed_write_keeps_old_content_and_removes_temp(tmp_path):
 def test_resume_removes_temp_files_of_a_crashed_writer(tmp_path):
     RunFolder(tmp_path).write_json("summary.json", {})
     (tmp_path / ".summary.json.0123abcd4567.tmp").write_text("partial")
+    (tmp_path / f".{MANIFEST}.0123abcd4567.tmp").write_text("partial")
     RunFolder(tmp_path, resume=True)
     assert leftovers(tmp_path) == []
 

@@ -185,6 +185,10 @@ class SecaConfig:
             raise FieldError("base_url", f"applies to an openai:<model> target only, not to "
                                          f"{self.target!r}; drop it or use an openai: target")
 
+    def budget(self) -> Budget:
+        """A fresh budget of this invocation (all roles together)."""
+        return Budget(max_queries=self.budget_queries, max_cost=self.max_cost)
+
     def model_settings(self) -> ModelSettings:
         """How the roles' models are loaded and limited."""
         return ModelSettings(device=self.device, local_batch=self.local_batch,
@@ -202,8 +206,7 @@ def open_roles(config: SecaConfig, run: RunFolder,
         specs = {role: getattr(config, role) for role in ROLES}
     roles = Roles(specs, config.model_settings())
     try:
-        return roles.connect(run.own("ledger.sqlite"),
-                             Budget(max_queries=config.budget_queries, max_cost=config.max_cost))
+        return roles.connect(run.own("ledger.sqlite"), config.budget())
     except BaseException:
         roles.close()
         raise
@@ -320,8 +323,7 @@ def run_seca(config: SecaConfig | None = None, *, out: str | os.PathLike | RunFo
         run.write_config(options, config.seed)
         stopped = None
         if roles is not None:
-            roles.connect(run.own("ledger.sqlite"),
-                          Budget(max_queries=config.budget_queries, max_cost=config.max_cost))
+            roles.connect(run.own("ledger.sqlite"), config.budget())
             parts = build_parts(config, roles, objective=objective, proposer=proposer,
                                 checks=checks)
             outcome = run_items(

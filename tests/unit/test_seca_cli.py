@@ -251,7 +251,7 @@ def user_folder(tmp_path_factory):
     return folder
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.one_of(int_cases, float_cases.filter(lambda c: _bad_float(*c))),
        resume=st.booleans())

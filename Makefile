@@ -13,7 +13,7 @@ STAMP := $(VENV)/.bbzo-installed
 .PHONY: demo test
 
 demo: $(STAMP)
-	$(VENV)/bin/bbzo attack seca --out $(DEMO_OUT) --resume
+	$(VENV)/bin/bbzo attack seca --preset demo --out $(DEMO_OUT) --resume
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow or smoke"

@@ -1,8 +1,10 @@
 """Keeping secrets out of everything bbzo writes: run folders, ledgers, logs, errors.
 
-Three rules, shared by every writer:
+Four rules, shared by every writer:
 - a value under a secret-looking name (``api_key``, ``password``, ``*_token``...) is masked;
 - text that looks like a credential (``sk-...``, ``hf_...``, ``Bearer ...``) is masked;
+- credentials inside URLs are masked: ``https://user:pass@host`` → ``https://[REDACTED]@host``,
+  and query values under secret-looking names (``?api_key=...``, ``&token=...``, ``&key=...``);
 - the values of secret-looking environment variables (``OPENAI_API_KEY``...) are masked
   wherever they appear, raw or JSON-escaped.
 """
@@ -21,6 +23,8 @@ SECRET_NAME = re.compile(r"api_?key|secret|passw(or)?d|credential|private_?key|a
 SECRET_TEXT = re.compile(r"sk-[A-Za-z0-9_\-]{16,}"            # OpenAI-style keys
                          r"|hf_[A-Za-z0-9]{20,}"              # Hugging Face tokens
                          r"|(?<=Bearer )[A-Za-z0-9._~+/\-]+=*")     # bearer tokens
+URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s]+(?=@)")
+URL_QUERY_VALUE = re.compile(r"(?<=[?&;])([^=&#\s]+)=([^&#\s]*)")
 MIN_SECRET_LENGTH = 8  # shorter environment values are too common to mask
 
 
@@ -38,7 +42,20 @@ def redact_text(text: str) -> tuple[str, int]:
                 count += text.count(form)
                 text = text.replace(form, REDACTED)
     text, n = SECRET_TEXT.subn(REDACTED, text)
-    return text, count + n
+    text, users = URL_USERINFO.subn(REDACTED, text)
+    queries = 0
+
+    def query_value(match: re.Match) -> str:
+        nonlocal queries
+        name = match.group(1)
+        if not (is_secret_name(name) or name.lower() in ("key", "sig", "signature")):
+            return match.group(0)
+        queries += 1
+        return f"{name}={REDACTED}"
+
+    if "=" in text:
+        text = URL_QUERY_VALUE.sub(query_value, text)
+    return text, count + n + users + queries
 
 
 def redact_data(obj: Any) -> Any:

@@ -3,7 +3,9 @@ random baseline); ``bbzo attack eval`` measures a run's ASR@K."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,21 +13,19 @@ from bbzo.attacks.seca.baseline import BASELINES
 from bbzo.attacks.seca.evaluate import evaluate_run
 from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
-from bbzo.attacks.seca.run import DEFAULT_EMBEDDER, DEFAULT_LM, SecaConfig, run_seca
+from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, PRESETS, SecaConfig, run_seca
 from bbzo.cli.console import note, print_json, print_table, progress_bars
-from bbzo.cli.options import open_run, run_options
+from bbzo.cli.options import config_option, given, out_path, run_options
+from bbzo.runs.driver import is_error, latest_records
+from bbzo.runs.folder import read_jsonl_file
 from bbzo.runs.reader import read_records
 
-# With the built-in question set and no --limit / --iterations, run a demo that finishes in
-# about five minutes on 2 CPU cores (SmolLM2: roughly 15 s per search step).
-DEMO_LIMIT = 3
-DEMO_ITERATIONS = 5
-PAPER_ITERATIONS = 30
+ROLE_OPTIONS = ("judge", "embedder", "reference")  # 'none' turns these roles off
 
 
-def _optional(spec: str | None) -> str | None:
+def _optional(spec: str) -> str | None:
     """``none`` (any case) or an empty string turns a role off."""
-    return None if spec is None or spec.strip().lower() in ("", "none") else spec
+    return None if spec.strip().lower() in ("", "none") else spec
 
 
 def _percent(p: float | None) -> str:
@@ -37,106 +37,111 @@ def attack() -> None:
     """Attacks on models you can only query."""
 
 
+def _seca_options(command: Any) -> Any:
+    """The ``bbzo attack seca`` options of ``SecaConfig``'s fields, defaults from the class."""
+    option = functools.partial(config_option, SecaConfig)
+    decorators = [
+        option("questions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+               default_text="the built-in set of 50 general-knowledge questions",
+               help="Question file (.jsonl or .csv; MMLU-like or TOFU form)."),
+        option("target", help="Model under attack (hf:..., openai:...)."),
+        option("base_url", help="Base URL of an OpenAI-compatible server for an openai: "
+                                "target."),
+        option("proposer", help="Model that writes the rewrites."),
+        option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
+                             "cannot follow the judge's format)."),
+        option("embedder", help="Sentence-embedding model of the equivalence check, or "
+                                "'none'."),
+        option("reference", help="Reference LM of the perplexity (coherence) check, or "
+                                 "'none'."),
+        option("objective", type=click.Choice(["auto", *OBJECTIVES]),
+               help="How the target's answer probabilities are read (auto: option if the "
+                    "target scores options, else letter, else sampling)."),
+        option("proposer_format", type=click.Choice(["auto", *FORMATS]),
+               help="Proposer prompt (auto: chat for API models, completion for local ones)."),
+        option("iterations", type=click.INT, help="Most search steps per question."),
+        option("candidates", type=click.INT, help="M: rewrites per parent per step."),
+        option("parents", type=click.INT, help="N: parents kept per step."),
+        option("limit", type=click.INT, default_text="all",
+               help="Attack only the first N questions."),
+        option("budget_queries", type=click.INT,
+               help="Most requests sent to any model in this invocation (ledger answers are "
+                    "free)."),
+        option("max_cost", type=click.FLOAT, help="Most US dollars spent in this invocation."),
+        option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
+        option("coherence_ratio", type=click.FLOAT,
+               help="Most perplexity as a multiple of the original's."),
+        option("samples", type=click.INT, help="Draws per text for --objective sampling."),
+        option("rpm", type=click.INT, help="Requests per minute allowed to each API model."),
+        option("tpm", type=click.INT, help="Tokens per minute allowed to each API model."),
+        option("device", default_text="CUDA if present, else CPU",
+               help="Torch device of local models."),
+        option("baseline", type=click.Choice(BASELINES), default_text="none: SECA",
+               help="Run a baseline instead of SECA: 'random' proposes from the original "
+                    "only (best of n random feasible rewrites)."),
+        option("match", type=click.Path(exists=True, file_okay=False, path_type=Path),
+               help="With --baseline: score at most as many rewrites per question as this SECA "
+                    "run folder did (equal target queries)."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper",
+                     show_default=True,
+                     help=f"Starting settings that the options above change: paper "
+                          f"(SecaConfig()) or demo (first {DEMO_LIMIT} questions, "
+                          f"{DEMO_ITERATIONS} steps: SecaConfig.demo())."),
+        click.option("--retry-errors", is_flag=True,
+                     help="With --resume: attack again the questions recorded with an error."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
 @attack.command("seca")
-@click.option("--questions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Question file (.jsonl or .csv; MMLU-like or TOFU form) "
-                                 "[default: the built-in set of 50 general-knowledge questions].")
-@click.option("--target", default=DEFAULT_LM, show_default=True,
-              help="Model under attack (hf:..., openai:...).")
-@click.option("--base-url", default=None, help="Base URL of an OpenAI-compatible server for an "
-                                               "openai: target.")
-@click.option("--proposer", default=DEFAULT_LM, show_default=True,
-              help="Model that writes the rewrites.")
-@click.option("--judge", default=None,
-              help="LLM judge of equivalence and fluency [default: none; the bundled 135M "
-                   "model cannot follow the judge's format].")
-@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True,
-              help="Sentence-embedding model of the equivalence check, or 'none'.")
-@click.option("--reference", default=DEFAULT_LM, show_default=True,
-              help="Reference LM of the perplexity (coherence) check, or 'none'.")
-@click.option("--objective", type=click.Choice(["auto", *OBJECTIVES]), default="auto",
-              show_default=True, help="How the target's answer probabilities are read "
-                                      "(auto: option if the target scores options, else letter, "
-                                      "else sampling).")
-@click.option("--proposer-format", type=click.Choice(["auto", *FORMATS]), default="auto",
-              show_default=True, help="Proposer prompt (auto: chat for API models, completion "
-                                      "for local ones).")
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help=f"Most search steps per question [default: {PAPER_ITERATIONS}; "
-                   f"{DEMO_ITERATIONS} with the built-in set].")
-@click.option("--candidates", type=click.IntRange(min=1), default=3, show_default=True,
-              help="M: rewrites per parent per step.")
-@click.option("--parents", type=click.IntRange(min=1), default=3, show_default=True,
-              help="N: parents kept per step.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help=f"Attack only the first N questions [default: all; {DEMO_LIMIT} with the "
-                   f"built-in set].")
-@click.option("--budget-queries", type=click.IntRange(min=1), default=None,
-              help="Most requests sent to any model in this invocation (ledger answers are "
-                   "free).")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Most US dollars spent in this invocation.")
-@click.option("--similarity", type=click.FloatRange(0, 1, min_open=True), default=0.9,
-              show_default=True, help="Least embedding cosine with the original.")
-@click.option("--coherence-ratio", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, help="Most perplexity as a multiple of the original's.")
-@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Draws per text for --objective sampling.")
-@click.option("--rpm", type=click.IntRange(min=1), default=None,
-              help="Requests per minute allowed to each API model.")
-@click.option("--tpm", type=click.IntRange(min=1), default=None,
-              help="Tokens per minute allowed to each API model.")
-@click.option("--device", default=None, help="Torch device of local models [default: CUDA if "
-                                             "present, else CPU].")
-@click.option("--baseline", type=click.Choice(BASELINES), default=None,
-              help="Run a baseline instead of SECA: 'random' proposes from the original only "
-                   "(best of n random feasible rewrites).")
-@click.option("--match", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="With --baseline: score at most as many rewrites per question "
-                                 "as this SECA run folder did (equal target queries).")
+@_seca_options
 @run_options
-def seca(questions: Path | None, target: str, base_url: str | None, proposer: str,
-         judge: str | None, embedder: str, reference: str, objective: str,
-         proposer_format: str, iterations: int | None, candidates: int, parents: int,
-         limit: int | None, budget_queries: int | None, max_cost: float | None,
-         similarity: float, coherence_ratio: float, samples: int, rpm: int | None,
-         tpm: int | None, device: str | None, baseline: str | None, match: Path | None,
-         out: Path | None, seed: int, resume: bool, json_output: bool) -> None:
+def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: bool,
+         json_output: bool, **options: Any) -> None:
     """SECA: rewrite questions so they keep their meaning and read naturally, yet the target
     answers wrongly.
 
-    Writes config.json, results.jsonl (one record per question: the rewrite, probabilities
-    before and after, the checks' verdicts, queries and cost per role), summary.json and
-    ledger.sqlite (every request and answer; --resume answers them again for free).
-    With --baseline random the same files hold the random baseline's results.
+    Writes .bbzo-run.json (the manifest), config.json, results.jsonl (one record per question:
+    the rewrite, probabilities before and after, the checks' verdicts, queries and cost per
+    role; or the question's error), summary.json and ledger.sqlite (every request and answer;
+    --resume answers them again for free). With --baseline random the same files hold the
+    random baseline's results. Nothing is written before every option, file and model checks
+    out.
     """
-    if match is not None and baseline is None:
-        raise click.BadParameter("needs --baseline random", param_hint="'--match'")
-    demo = questions is None
-    config = SecaConfig(
-        questions=None if demo else str(questions), target=target, base_url=base_url,
-        proposer=proposer, judge=_optional(judge), embedder=_optional(embedder),
-        reference=_optional(reference), objective=objective, proposer_format=proposer_format,
-        iterations=iterations or (DEMO_ITERATIONS if demo else PAPER_ITERATIONS),
-        candidates=candidates, parents=parents, budget_queries=budget_queries,
-        max_cost=max_cost, seed=seed, limit=limit or (DEMO_LIMIT if demo else None),
-        similarity=similarity, coherence_ratio=coherence_ratio, samples=samples, rpm=rpm,
-        tpm=tpm, device=device, baseline=baseline, match=None if match is None else str(match))
-    run = open_run(out, resume=resume, command="seca")
+    changes = given(options, SecaConfig)
+    for name in ("questions", "match"):
+        if name in changes:
+            changes[name] = str(changes[name])
+    for name in ROLE_OPTIONS:
+        if name in changes:
+            changes[name] = _optional(changes[name])
+    config = PRESETS[preset](**changes, seed=seed)
+    config.validate()  # a FieldError is a usage error on its option (bbzo.cli.main)
+    path = out_path(out, resume=resume, command="seca")
     with progress_bars() as progress:
-        summary = run_seca(config, out=run, progress=progress)
+        summary = run_seca(config, out=path, resume=resume, retry_errors=retry_errors,
+                           progress=progress)
     if json_output:
         print_json(summary)
     else:
-        _table(run.read_jsonl("results.jsonl"), summary, config)
+        records = latest_records(read_jsonl_file(path / "results.jsonl"))
+        _table(records, summary, config)
+    if summary["errors"]:
+        note(f"{summary['errors']} question(s) failed (the 'error' field of results.jsonl); "
+             f"rerun with --resume --retry-errors to try them again")
     if summary["stopped"]:
         note(f"stopped before the end: {summary['stopped']}; rerun with --resume to continue")
-    note(f"wrote {run.path}: {', '.join(summary['files'])}")
+    note(f"wrote {path}: {', '.join(summary['files'])}")
 
 
 def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
     rows = []
     for r in records:
+        if is_error(r):
+            rows.append((r["id"], "-", "-", "-", "-", "-", "error", "-", r["error"]))
+            continue
         target = r["target_letter"] or "-"
         before, after = _percent(r["p_target_before"]), _percent(r["p_target_after"])
         rewrite = r["adversarial_question"] if r["changed"] else "(unchanged)"

@@ -1,7 +1,8 @@
 """The ``bbzo`` command: the group, its global options and the error contract.
 
 Exit codes: 0 success, 1 failure, 2 usage error. Every failure is one line on stderr; a
-traceback is printed only with ``--debug`` (or ``BBZO_DEBUG=1``).
+traceback is printed only with ``--debug`` (or ``BBZO_DEBUG=1``). A bad settings field
+(``FieldError``, e.g. ``--similarity nan``) is a usage error on the option of that field.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bbzo.cli.ledger import ledger
 from bbzo.cli.models import models
 from bbzo.cli.serve import serve_command
 from bbzo.errors import BbzoError
+from bbzo.runs.settings import FieldError
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -56,6 +58,9 @@ class BbzoGroup(click.Group):
             code = _fail(error.format_message(), error.exit_code)
         except click.Abort:
             code = _fail("interrupted", FAILURE_EXIT)
+        except FieldError as error:
+            code = _fail(f"Invalid value for '--{error.field.replace('_', '-')}': {error.why}",
+                         USAGE_EXIT)
         except BbzoError as error:
             code = _fail(str(error), FAILURE_EXIT)
         except Exception as error:  # a bug: keep it to one line unless --debug was given

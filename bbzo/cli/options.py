@@ -1,7 +1,10 @@
-"""Options every run command shares: ``--out``, ``--seed``, ``--resume``, ``--json``."""
+"""Options every run command shares (``--out``, ``--seed``, ``--resume``, ``--json``), options
+whose defaults come from a method's settings dataclass (a bad value of such a field is a usage
+error on its option: ``bbzo.cli.main``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +13,8 @@ from typing import Any
 import click
 
 from bbzo.errors import InputError
-from bbzo.runs import RunFolder
+from bbzo.runs import RunFolder, check_run_folder
+from bbzo.runs.settings import field_default
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,13 +36,38 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def open_run(out: Path | None, *, resume: bool, command: str) -> RunFolder:
-    """The run folder for ``--out`` (a fresh time-stamped one when omitted); a folder that
-    cannot be used is a usage error on ``--out``."""
+def config_option(cls: type, field: str, *, help: str, type: Any = None,
+                  default_text: str | None = None) -> Callable[..., Any]:
+    """A ``--<field>`` option whose default is the dataclass field's (the option itself
+    defaults to None: "not given", so a preset or the dataclass decides); the help shows
+    the default (``default_text`` overrides how)."""
+    shown = default_text if default_text is not None else field_default(cls, field)
+    return click.option(f"--{field.replace('_', '-')}", field, type=type, default=None,
+                        help=f"{help} [default: {'none' if shown is None else shown}]")
+
+
+def given(params: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The options of ``params`` the user gave (not None) that are fields of ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in params.items() if k in names and v is not None}
+
+
+def out_path(out: Path | None, *, resume: bool, command: str) -> Path:
+    """The run folder for ``--out`` (a fresh time-stamped one when omitted), checked without
+    writing anything; a folder that cannot be used is a usage error on ``--out``."""
     if out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
     try:
-        return RunFolder(out, resume=resume)
+        return check_run_folder(out, resume=resume)
+    except (InputError, OSError) as error:
+        raise click.BadParameter(str(error), param_hint="'--out'") from None
+
+
+def open_run(out: Path | None, *, resume: bool, command: str) -> RunFolder:
+    """The opened run folder for ``--out`` (``out_path``, then created or repaired)."""
+    path = out_path(out, resume=resume, command=command)
+    try:
+        return RunFolder(path, resume=resume)
     except (InputError, OSError) as error:
         raise click.BadParameter(str(error), param_hint="'--out'") from None

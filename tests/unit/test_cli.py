@@ -16,6 +16,7 @@ from bbzo.blackbox.zo.demo import METHODS, run_demo
 from bbzo.blackbox.zo.problems import logistic_regression, quadratic, rosenbrock
 from bbzo.cli.main import cli
 from bbzo.errors import TargetError
+from bbzo.runs import MANIFEST
 
 TINY = 200  # queries per problem × method run: ~1 s for the whole demo
 FILES = {"config.json", "results.jsonl", "curves.jsonl", "loss_vs_queries.png", "summary.json"}
@@ -182,7 +183,7 @@ def reference(tmp_path_factory):
 
 def test_run_demo_writes_every_file_and_reports_progress(reference):
     out, summary, calls = reference
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == FILES | {MANIFEST}
     assert (out / "loss_vs_queries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["options"]["budget"] == TINY
@@ -257,3 +258,20 @@ def test_logistic_reference_is_a_minimum():
     rng = np.random.default_rng(1)
     # No random point near the origin (which the BFGS run started from) is lower.
     assert (p.fun(rng.standard_normal((200, 31))) > p.f_star).all()
+
+
+# --- a bad settings field is a usage error on its option, for every command ------------------
+
+def test_a_bad_field_of_attack_eval_is_a_usage_error_on_its_option(tmp_path):
+    from dataclasses import asdict
+
+    from bbzo.attacks.seca.run import SecaConfig
+    from bbzo.runs import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.write_config({k: v for k, v in asdict(SecaConfig()).items() if k != "seed"}, 0)
+    run.append_jsonl("results.jsonl", {"id": "q1", "error": "TargetError: refused"})
+    result = invoke("attack", "eval", str(run.path), "--judge", "hf:x", "--max-cost", "inf")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "'--max-cost'" in line and "max_cost" not in line

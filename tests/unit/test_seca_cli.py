@@ -7,9 +7,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from seca_support import save_roomy_lm, save_tiny_embedder
 
-from bbzo.cli.attack import DEMO_ITERATIONS, DEMO_LIMIT, PAPER_ITERATIONS
+from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, SecaConfig
 from bbzo.cli.main import cli
 
 
@@ -62,7 +64,7 @@ def test_json_run_then_table_on_resume(models, questions, tmp_path):
     assert "SECA on hf:" in table.stdout and "q1" in table.stdout and "q2" in table.stdout
 
 
-def test_defaults_are_paper_sized_for_files_and_demo_sized_for_the_builtin_set(models, tmp_path):
+def test_defaults_come_from_secaconfig_and_the_demo_is_a_preset(models, tmp_path):
     ineligible = tmp_path / "q.jsonl"  # answer 'zero' of four: the budget stops the run early
     ineligible.write_text(json.dumps({"question": "1+1?", "choices": ["2", "3", "4", "0"],
                                       "answer": 3}) + "\n")
@@ -70,8 +72,16 @@ def test_defaults_are_paper_sized_for_files_and_demo_sized_for_the_builtin_set(m
                     "--budget-queries", 1, "--json")
     assert result.exit_code == 0, result.stderr
     options = json.loads((tmp_path / "file" / "config.json").read_text())["options"]
-    assert (options["iterations"], options["limit"]) == (PAPER_ITERATIONS, None)
-    result = invoke(*models, "--out", tmp_path / "demo", "--budget-queries", 1, "--json")
+    paper = SecaConfig()
+    assert (options["iterations"], options["limit"]) == (paper.iterations, paper.limit)
+    for name in ("candidates", "parents", "samples", "objective", "proposer_format"):
+        assert options[name] == getattr(paper, name), name
+    result = invoke(*models, "--out", tmp_path / "builtin", "--budget-queries", 1, "--json")
+    assert result.exit_code == 0, result.stderr
+    options = json.loads((tmp_path / "builtin" / "config.json").read_text())["options"]
+    assert (options["iterations"], options["limit"]) == (paper.iterations, paper.limit)
+    result = invoke(*models, "--preset", "demo", "--out", tmp_path / "demo",
+                    "--budget-queries", 1, "--json")
     assert result.exit_code == 0, result.stderr
     options = json.loads((tmp_path / "demo" / "config.json").read_text())["options"]
     assert (options["iterations"], options["limit"]) == (DEMO_ITERATIONS, DEMO_LIMIT)
@@ -96,6 +106,8 @@ def test_roles_can_be_turned_off(models, questions, tmp_path):
     (["--questions", "/nonexistent/q.jsonl"], "'--questions'"),
     (["--parents", "-2"], "'--parents'"),
     (["--nope"], "No such option"),
+    (["--base-url", "http://localhost:8000/v1"], "'--base-url'"),  # the target is hf:
+    (["--target", " "], "'--target'"),
 ])
 def test_usage_errors_exit_2(extra, fragment):
     result = invoke(*extra)
@@ -118,3 +130,137 @@ def test_unknown_model_exits_1(questions, tmp_path):
                     "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert "missing" in one_error_line(result)
+
+
+# --- nothing written before every input checks out -------------------------------------------
+
+def snapshot(path):
+    """Every file under ``path`` with its bytes (names relative to ``path``)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["target=hf:nope", "target=foo:bar", "target=openai:",
+                                 "target=openai:gpt-4.1-mini", "proposer=hf:nope",
+                                 "match=not-a-run"])
+def test_a_bad_model_or_match_writes_nothing_and_the_fixed_rerun_works(
+        models, questions, tmp_path, monkeypatch, bad):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "not-a-run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    name, value = bad.split("=", 1)
+    extra = [f"--{name}", value] + (["--baseline", "random"] if name == "match" else [])
+    out = tmp_path / "run"
+    args = [*models, "--questions", questions, "--iterations", 1, "--limit", 1, "--out", out]
+    result = invoke(*args, *extra)
+    assert result.exit_code == 1
+    one_error_line(result)
+    assert not out.exists()
+    fixed = invoke(*args, "--json")
+    assert fixed.exit_code == 0, fixed.stderr
+
+
+def test_a_question_too_long_for_the_target_is_refused_before_writing(models, tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "long", "question": "why? " * 800,
+                                "choices": ["a", "b"], "answer": 0}) + "\n")
+    result = invoke(*models, "--questions", path, "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "question long (with its options) is" in one_error_line(result)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--similarity", "nan"), ("--max-cost", "inf"),
+                                           ("--coherence-ratio", "-inf"), ("--limit", "0"),
+                                           ("--samples", "-3")])
+def test_non_finite_or_out_of_range_values_are_usage_errors_on_their_option(option, value):
+    result = invoke(option, value)
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert f"'{option}'" in line and option.lstrip("-").replace("-", "_") + " " not in line
+
+
+def test_the_users_folder_is_never_touched(models, tmp_path):
+    # The reported bug: --out is the folder of the user's question file, which has no final
+    # newline; --resume used to "repair" it from 135 to 68 bytes.
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    lines = [json.dumps({"id": f"q{i}", "question": f"{i}+{i}?", "choices": [str(2 * i), "x"],
+                         "answer": 0}) for i in (1, 2)]
+    (folder / "questions.jsonl").write_text("\n".join(lines))
+    before = snapshot(folder)
+    for resume in ([], ["--resume"]):
+        result = invoke(*models, "--questions", folder / "questions.jsonl", "--out", folder,
+                        "--iterations", 1, *resume)
+        assert result.exit_code == 2
+        assert "not a bbzo run" in one_error_line(result)
+        assert snapshot(folder) == before
+
+
+def test_the_same_questions_by_relative_and_absolute_path_resume(models, questions, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(questions.parent)
+    args = [*models, "--iterations", 1, "--limit", 1, "--out", tmp_path / "run", "--json"]
+    first = invoke(*args, "--questions", questions.name, "--budget-queries", 1)
+    assert first.exit_code == 0, first.stderr
+    again = invoke(*args, "--questions", questions.resolve(), "--budget-queries", 1,
+                   "--resume")
+    assert again.exit_code == 0, again.stderr
+
+
+# --- property: bad option values are one-line usage errors that change no file ---------------
+
+INT_OPTIONS = ["--iterations", "--candidates", "--parents", "--limit", "--budget-queries",
+               "--samples", "--rpm", "--tpm", "--seed"]
+FLOAT_OPTIONS = ["--similarity", "--max-cost", "--coherence-ratio"]
+
+
+def _not_a_positive_int(text: str) -> bool:
+    try:
+        return int(text) < 1
+    except ValueError:
+        return True
+
+
+def _bad_float(option: str, text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return True
+    ok = 0 < value < float("inf") and (option != "--similarity" or value <= 1)
+    return not ok
+
+
+odd_strings = st.text(max_size=12)
+int_cases = st.tuples(st.sampled_from(INT_OPTIONS), st.one_of(
+    st.integers(max_value=0, min_value=-10**30).map(str),
+    st.sampled_from(["nan", "inf", "1.5", "1e3", "", "0x10", "3 apples"]),
+    odd_strings.filter(_not_a_positive_int)))
+float_cases = st.tuples(st.sampled_from(FLOAT_OPTIONS), st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "1e999", "-1e999", "0", "-0.0", "2", "1e308",
+                     "", "abc"]),
+    st.floats(max_value=0).map(repr), odd_strings))
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    """A folder holding a user's file (no final newline), used as --out and --questions."""
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "questions.jsonl").write_text(json.dumps({"question": "1+1?",
+                                                        "choices": ["2", "3"], "answer": 0}))
+    return folder
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(int_cases, float_cases.filter(lambda c: _bad_float(*c))),
+       resume=st.booleans())
+def test_any_bad_option_value_is_a_one_line_usage_error_that_writes_nothing(user_folder, case,
+                                                                           resume):
+    option, value = case
+    before = snapshot(user_folder)
+    result = invoke("--questions", user_folder / "questions.jsonl", "--out",
+                    user_folder / "run", option, value, *(["--resume"] if resume else []))
+    assert result.exit_code == 2, (option, value, result.output)
+    one_error_line(result)
+    assert snapshot(user_folder) == before

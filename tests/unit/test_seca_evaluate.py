@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from seca_support import ScriptedTarget, save_roomy_lm
 
-import bbzo.attacks.seca.run as seca_run
+import bbzo.runs.roles as run_roles
 from bbzo.attacks.seca.evaluate import (
     evaluate_records,
     evaluate_run,
@@ -141,7 +141,7 @@ def make_run(tmp_path, records=RECORDS, target="scripted-target"):
 def test_trials_are_distinct_samples_and_a_rerun_sends_nothing(scripted, tmp_path, monkeypatch):
     target, judge = scripted
     models = {"scripted-target": target, "scripted-judge": judge}
-    monkeypatch.setattr(seca_run, "load_target", lambda spec, **options: models[spec])
+    monkeypatch.setattr(run_roles, "load_target", lambda spec, **options: models[spec])
     path = make_run(tmp_path)
     first = evaluate_run(path, judge="scripted-judge", k=3, max_tokens=16)
     assert (first["eligible"], first["attacked"], first["asr_at_k"]) == (2, 1, 0.5)
@@ -213,7 +213,7 @@ def one_error_line(result) -> str:
 def test_cli_table_and_json(scripted, tmp_path, monkeypatch):
     target, judge = scripted
     models = {"scripted-target": target, "scripted-judge": judge}
-    monkeypatch.setattr(seca_run, "load_target", lambda spec, **options: models[spec])
+    monkeypatch.setattr(run_roles, "load_target", lambda spec, **options: models[spec])
     path = make_run(tmp_path)
     result = invoke(path, "--judge", "scripted-judge", "--k", 3, "--max-tokens", 16, "--json")
     assert result.exit_code == 0, result.stderr

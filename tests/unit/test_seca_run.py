@@ -9,16 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seca_support import save_roomy_lm, save_tiny_embedder
+from seca_support import ScriptedProposer, save_roomy_lm, save_tiny_embedder
 
 import bbzo.attacks.seca.run as seca_run
+import bbzo.runs.roles as run_roles
 from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.questions import Question
 from bbzo.attacks.seca.run import SecaConfig, run_seca
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.targets.hf import HFTarget
-from bbzo.errors import InputError
+from bbzo.errors import InputError, TargetError
+from bbzo.runs import MANIFEST
 
 RECORD_KEYS = {
     "id", "subject", "original_question", "adversarial_question", "choices", "answer",
@@ -132,13 +134,13 @@ def test_the_tiny_judge_fails_to_parse_and_it_is_counted(setup, tmp_path):
 
 def test_roles_on_one_spec_share_one_loaded_model(setup, tmp_path, monkeypatch):
     loaded = []
-    real = seca_run.load_target
+    real = run_roles.load_target
 
     def counting(spec, **options):
         loaded.append(spec)
         return real(spec, **options)
 
-    monkeypatch.setattr(seca_run, "load_target", counting)
+    monkeypatch.setattr(run_roles, "load_target", counting)
     run_seca(replace(setup, limit=1, iterations=1), out=tmp_path / "out")
     assert sorted(loaded) == sorted([setup.target, setup.embedder])
 
@@ -148,7 +150,7 @@ def test_resume_skips_done_questions_and_resends_nothing(setup, finished, tmp_pa
     out, _ = finished
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("config.json", "results.jsonl", "ledger.sqlite"):
+    for name in (MANIFEST, "config.json", "results.jsonl", "ledger.sqlite"):
         (copy / name).write_bytes((out / name).read_bytes())
     before = records(copy)
     # Lose the last record, as if the run had been killed while attacking q3.
@@ -166,7 +168,7 @@ def test_resume_skips_done_questions_and_resends_nothing(setup, finished, tmp_pa
     assert [without_run_costs(r) for r in after] == [without_run_costs(r) for r in before]
     assert after[-1]["sent"] == 0 and summary["questions"] == 3
     # With every question done, a resume loads no model at all.
-    monkeypatch.setattr(seca_run, "load_target", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(run_roles, "load_target", lambda *a, **k: pytest.fail("loaded a model"))
     again = run_seca(setup, out=copy, resume=True)
     assert again["asr"] == summary["asr"] and len(records(copy)) == 3
     with pytest.raises(InputError, match="other settings"):
@@ -201,3 +203,52 @@ def test_bad_config(setup, tmp_path, change, fragment):
     with pytest.raises(InputError, match=fragment):
         run_seca(replace(setup, **change), out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+class FlakyProposer(ScriptedProposer):
+    """Rewrites by appending a word; the proposer's model 'fails' on the questions in ``fail``."""
+
+    def __init__(self, fail=()):
+        super().__init__(lambda step, i, j, parent: f"{parent} {'please' * (j + 1)}")
+        self.fail = set(fail)
+
+    def propose(self, question, parents, m, step):
+        if question.id in self.fail:
+            raise TargetError(f"the proposer's server refused {question.id}")
+        return super().propose(question, parents, m, step)
+
+
+def test_a_swapped_part_replaces_its_model_and_a_failing_question_is_recorded(
+        setup, tmp_path, monkeypatch):
+    loaded = []
+    real = run_roles.load_target
+    monkeypatch.setattr(run_roles, "load_target",
+                        lambda spec, **options: loaded.append(spec) or real(spec, **options))
+    config = replace(setup, proposer="hf:never-loaded", iterations=1)
+    out = tmp_path / "out"
+    summary = run_seca(config, out=out, proposer=FlakyProposer(fail={"q1"}))
+    assert "hf:never-loaded" not in loaded
+    rows = records(out)
+    assert [r["id"] for r in rows] == ["q1", "q2", "q3"]
+    assert rows[0]["error"] == "TargetError: the proposer's server refused q1"
+    assert rows[2]["proposals"] > 0 and "error" not in rows[2]
+    assert summary["errors"] == 1 and summary["questions"] == 3
+    assert summary["eligible"] == 1  # q3 only: q1 has no result, q2 is ineligible
+    # A resume does not retry the failed question unless asked.
+    proposer = FlakyProposer()
+    again = run_seca(config, out=out, resume=True, proposer=proposer)
+    assert proposer.calls == [] and again["errors"] == 1
+    retried = run_seca(config, out=out, resume=True, retry_errors=True, proposer=proposer)
+    assert {c["parents"][0] for c in proposer.calls} == {RAW[0][1]}  # q1 only
+    assert retried["errors"] == 0 and retried["eligible"] == 2
+    assert len(records(out)) == 4  # the error record stays; the latest record counts
+
+
+def test_run_seca_without_a_config_is_the_paper_sized_default(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(seca_run, "check_run_folder",
+                        lambda out, resume: seen.append(out) or pytest.skip("no models here"))
+    with pytest.raises(pytest.skip.Exception):
+        run_seca(out=tmp_path / "out")
+    assert seen == [tmp_path / "out"]
+    assert SecaConfig.demo() == replace(SecaConfig(), limit=3, iterations=5)

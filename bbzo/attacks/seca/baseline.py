@@ -72,9 +72,9 @@ def matched_budgets(match: str | Path, questions: Sequence[Question], target: st
     budgets = {}
     for q in questions:
         r = found.get(q.id)
-        if r is None:
+        if r is None or r.get("error") is not None:
             raise InputError(f"question {q.id!r} is not in the run to match ({folder}); finish "
-                             f"that run (--resume) or lower --limit")
+                             f"that run (--resume, --retry-errors) or lower --limit")
         if (r["original_question"], r["choices"], r["answer"]) != \
                 (q.question, list(q.choices), q.answer):
             raise InputError(f"question {q.id!r} differs from the run to match ({folder}); use "

@@ -34,12 +34,13 @@ from typing import Any
 from bbzo.attacks.seca.objective import letter_prompt
 from bbzo.attacks.seca.questions import LETTERS, Question
 from bbzo.attacks.seca.replies import first_json_object, flag_value, loose_flag, parse_letter
-from bbzo.attacks.seca.run import Roles, SecaConfig
+from bbzo.attacks.seca.run import SecaConfig, open_roles
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.text import TEXT_KINDS, text_kind, text_request
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.runs import RunFolder
+from bbzo.runs.driver import is_error, latest_records
 from bbzo.runs.reader import check_fields, read_run, show
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
@@ -186,17 +187,24 @@ def check_record(record: dict, where: str) -> None:
         raise InputError(f"{where}: field 'adversarial_question' is null in an eligible record")
 
 
+def _check_result(record: dict, where: str) -> None:
+    """``check_record`` for results; a question that failed (``{"id", "error"}``) passes."""
+    if not is_error(record):
+        check_record(record, where)
+
+
 def _open(run_dir: str | os.PathLike) -> tuple[Path, SecaConfig, list[dict]]:
     """The run folder, its config and its records, read without writing; InputError when it
     is not a SECA run."""
-    view = read_run(run_dir, check=check_record, hint=HINT)
+    view = read_run(run_dir, check=_check_result, hint=HINT)
     options = view.options
     unknown = set(options) - {f.name for f in fields(SecaConfig) if f.name != "seed"}
     if unknown or "target" not in options:
         raise InputError(f"{view.path / 'config.json'} is not a SECA run's config (unknown "
                          f"options {show(sorted(unknown))}); {HINT}")
     seed = view.config.get("seed", 0)
-    return view.path, SecaConfig(**options, seed=seed), view.records
+    records = [r for r in latest_records(view.records) if not is_error(r)]
+    return view.path, SecaConfig(**options, seed=seed), records
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: int = 0,
@@ -230,7 +238,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: in
                      device=device or config.device)
     config.validate()
     run = RunFolder(folder, resume=True)
-    roles = Roles(config, run, {"target": config.target, "eval_judge": judge})
+    roles = open_roles(config, run, {"target": config.target, "eval_judge": judge})
     try:
         if progress is not None:
             roles.layers["target"].progress = lambda done, total: progress("answers", done,
@@ -253,6 +261,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, judge: str, k: int = 5, seed: in
     for e in evals:
         run.append_jsonl(part, e)
     run.file(part).touch()
-    os.replace(run.file(part), run.file("eval.jsonl"))
+    os.replace(run.file(part), run.own("eval.jsonl"))
     run.write_json("eval_summary.json", summary)
     return summary

@@ -11,20 +11,30 @@ Roles and their models (specs as in ``bbzo.blackbox.targets.spec``):
 | judge | None (off) | the paper's LLM judge: five equivalence criteria + fluency |
 
 The judge is off by default: the bundled 135M model cannot act as one (its replies never
-parse as the requested JSON); point ``judge`` at a capable model to turn it on. Roles on the
-same spec share one loaded model. Each role has its own ``QueryLayer``; all layers write ONE
-ledger (``ledger.sqlite`` in the run folder) and spend ONE ``Budget``: ``budget_queries``
-counts every request sent to any role's model (answers from the ledger are free and not
-counted), ``max_cost`` every US dollar they charge. The budget is per invocation: a resumed
-run starts a fresh one, and what the ledger already holds costs nothing.
+parse as the requested JSON); point ``judge`` at a capable model to turn it on. The roles are
+``bbzo.runs.Roles``: roles on the same spec share one loaded model, each role has its own
+``QueryLayer``, all layers write ONE ledger (``ledger.sqlite`` in the run folder) and spend ONE
+``Budget``: ``budget_queries`` counts every request sent to any role's model (answers from the
+ledger are free and not counted), ``max_cost`` every US dollar they charge. The budget is per
+invocation: a resumed run starts a fresh one, and what the ledger already holds costs nothing.
+
+``SecaConfig()`` is the paper-sized run (30 steps, every question); ``SecaConfig.demo()`` the
+demo (3 built-in questions, 5 steps). ``run_seca`` takes the parts a notebook may swap
+(``objective``, ``proposer``, ``checks``); the roles a swapped part would use are not loaded.
+
+Everything is validated before the first file is written: the config, the run folder, the
+question file, the models (loaded before ``config.json`` is written) and every question's
+length against the target's and the proposer's context.
 
 ``baseline="random"`` runs the random feasible-rephrasing baseline (``baseline.py``) through
 the same machinery and writes the same files; ``match`` gives it a SECA run's budget.
 
-Files: ``config.json``, ``results.jsonl`` (one record per question, appended as each question
-finishes), ``summary.json``, ``ledger.sqlite``. Resume skips the questions already in
-``results.jsonl``; a question cut short by a crash or by the budget is searched again, its
-requests answered from the ledger.
+Files: ``.bbzo-run.json`` (manifest), ``config.json``, ``results.jsonl`` (one record per
+question, appended as each question finishes), ``summary.json``, ``ledger.sqlite``. The item
+loop is ``bbzo.runs.run_items``: resume skips the questions already in ``results.jsonl``; a
+question cut short by a crash or by the budget is searched again, its requests answered from
+the ledger; a question that fails on its own is recorded with an ``error`` and the run goes on
+(retried on resume only with ``retry_errors``).
 """
 
 from __future__ import annotations
@@ -32,8 +42,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,21 +63,21 @@ from bbzo.attacks.seca.proposer import FORMATS, LLMProposer
 from bbzo.attacks.seca.questions import Question, load_questions
 from bbzo.attacks.seca.search import choose_target, seca_search
 from bbzo.blackbox.budget import Budget
-from bbzo.blackbox.query.layer import QueryLayer
-from bbzo.blackbox.query.ledger import Ledger
-from bbzo.blackbox.query.limits import RateLimiter, RateLimits
-from bbzo.blackbox.targets.base import Target
-from bbzo.blackbox.targets.spec import load_target
+from bbzo.blackbox.targets.spec import check_fits
 from bbzo.checks import fraction, int_at_least, one_of, positive
-from bbzo.errors import BudgetExceeded, InputError
-from bbzo.runs import RunFolder, as_run_folder
-
-Progress = Callable[[str, int, int], None]  # (label, done, total)
+from bbzo.errors import InputError
+from bbzo.runs import RunFolder, as_run_folder, check_run_folder
+from bbzo.runs.driver import Progress, is_error, latest_records, pending, run_items
+from bbzo.runs.folder import check_same_settings, read_jsonl_file
+from bbzo.runs.roles import ModelSettings, Roles
+from bbzo.runs.settings import FieldError, check_fields
 
 DEFAULT_LM = "hf:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "embed:minilm-l6"
 ROLES = ("target", "proposer", "embedder", "reference", "judge")
-FILES = ["config.json", "results.jsonl", "summary.json", "ledger.sqlite"]
+FILES = [".bbzo-run.json", "config.json", "results.jsonl", "summary.json", "ledger.sqlite"]
+DEMO_LIMIT = 3  # the demo: about five minutes on 2 CPU cores (SmolLM2: ~15 s per search step)
+DEMO_ITERATIONS = 5
 
 
 @dataclass
@@ -137,162 +147,196 @@ class SecaConfig:
     baseline: str | None = None
     match: str | None = None
 
+    @classmethod
+    def demo(cls, **changes: Any) -> SecaConfig:
+        """The demo preset: the first ``DEMO_LIMIT`` built-in questions, ``DEMO_ITERATIONS``
+        steps (``make demo``); ``changes`` override fields."""
+        return cls(**{"limit": DEMO_LIMIT, "iterations": DEMO_ITERATIONS, **changes})
+
     def validate(self) -> None:
-        """Raise ``InputError`` naming the first bad field."""
+        """Raise ``FieldError`` (an ``InputError``) naming the first bad field."""
+        checks: list[tuple[str, Any]] = []
         for name in ("iterations", "candidates", "parents", "samples", "proposer_max_tokens",
                      "judge_max_tokens", "local_batch"):
-            int_at_least(name, getattr(self, name))
-        int_at_least("seed", self.seed, 0)
+            checks.append((name, lambda n=name: int_at_least(n, getattr(self, n))))
+        checks.append(("seed", lambda: int_at_least("seed", self.seed, 0)))
         for name in ("limit", "budget_queries", "rpm", "tpm"):
             if getattr(self, name) is not None:
-                int_at_least(name, getattr(self, name))
+                checks.append((name, lambda n=name: int_at_least(n, getattr(self, n))))
         if self.max_cost is not None:
-            positive("max_cost", self.max_cost)
-        fraction("similarity", self.similarity)
-        positive("coherence_ratio", self.coherence_ratio)
-        positive("temperature", self.temperature)
-        one_of("objective", self.objective, ("auto", *OBJECTIVES))
-        one_of("proposer_format", self.proposer_format, ("auto", *FORMATS))
+            checks.append(("max_cost", lambda: positive("max_cost", self.max_cost)))
+        checks += [
+            ("similarity", lambda: fraction("similarity", self.similarity)),
+            ("coherence_ratio", lambda: positive("coherence_ratio", self.coherence_ratio)),
+            ("temperature", lambda: positive("temperature", self.temperature)),
+            ("objective", lambda: one_of("objective", self.objective, ("auto", *OBJECTIVES))),
+            ("proposer_format",
+             lambda: one_of("proposer_format", self.proposer_format, ("auto", *FORMATS)))]
         if self.baseline is not None:
-            one_of("baseline", self.baseline, BASELINES)
-        elif self.match is not None:
-            raise InputError("match sets a baseline's budget; add baseline='random' "
-                             "(--baseline random) or drop match")
+            checks.append(("baseline", lambda: one_of("baseline", self.baseline, BASELINES)))
+        check_fields(checks)
+        if self.baseline is None and self.match is not None:
+            raise FieldError("match", "needs --baseline random: it sets a baseline's budget; "
+                                      "add baseline='random' or drop match")
         for role in ("target", "proposer"):
             if not isinstance(getattr(self, role), str) or not getattr(self, role).strip():
-                raise InputError(f"{role} must be a target spec such as {DEFAULT_LM!r}")
+                raise FieldError(role, f"must be a target spec such as {DEFAULT_LM!r}")
+        if self.base_url is not None and not self.target.strip().startswith("openai:"):
+            raise FieldError("base_url", f"applies to an openai:<model> target only, not to "
+                                         f"{self.target!r}; drop it or use an openai: target")
+
+    def budget(self) -> Budget:
+        """A fresh budget of this invocation (all roles together)."""
+        return Budget(max_queries=self.budget_queries, max_cost=self.max_cost)
+
+    def model_settings(self) -> ModelSettings:
+        """How the roles' models are loaded and limited."""
+        return ModelSettings(device=self.device, local_batch=self.local_batch,
+                             base_url=self.base_url, rpm=self.rpm, tpm=self.tpm)
 
 
-class Roles:
-    """The loaded models, one ``QueryLayer`` per role, the shared ledger and budget.
+PRESETS = {"paper": SecaConfig, "demo": SecaConfig.demo}  # name -> (**changes) -> SecaConfig
 
-    Args:
-        config: the run's settings (model options, budget, rate limits).
-        run: the run folder holding ``ledger.sqlite``.
-        specs: role -> target spec (None: off); default the roles of ``config``.
-    """
 
-    def __init__(self, config: SecaConfig, run: RunFolder,
-                 specs: dict[str, str | None] | None = None) -> None:
-        self.config = config
-        self.ledger = Ledger(run.file("ledger.sqlite"))
-        self.budget = Budget(max_queries=config.budget_queries, max_cost=config.max_cost)
-        self.models: dict[tuple, tuple[Target, RateLimiter]] = {}
-        self.layers: dict[str, QueryLayer] = {}
-        if specs is None:
-            specs = {role: getattr(config, role) for role in ROLES}
-        try:
-            for role, spec in specs.items():
-                if spec is not None:
-                    self.layers[role] = self._layer(role, spec)
-        except BaseException:
-            self.close()
-            raise
-
-    def _layer(self, role: str, spec: str) -> QueryLayer:
-        options: dict[str, Any] = {}
-        if spec.startswith("openai:") and role == "target" and self.config.base_url:
-            options["base_url"] = self.config.base_url
-        if spec.startswith(("hf:", "embed")) and self.config.device:
-            options["device"] = self.config.device
-        if spec.startswith("hf:"):
-            options["max_batch"] = self.config.local_batch
-        key = (spec, tuple(sorted(options.items())))
-        if key not in self.models:
-            target = load_target(spec, **options)
-            limits = RateLimits(self.config.rpm, self.config.tpm) if target.remote else None
-            self.models[key] = (target, RateLimiter(limits))
-        target, limiter = self.models[key]
-        return QueryLayer(target, ledger=self.ledger, budget=self.budget, limits=limiter)
-
-    def usage(self) -> dict[str, dict[str, float]]:
-        """Per role: requests asked for, requests sent, tokens and US dollars so far."""
-        return {role: {"requests": layer.stats.requests, "sent": layer.stats.sent,
-                       "tokens": layer.stats.tokens, "cost": layer.stats.cost}
-                for role, layer in self.layers.items()}
-
-    def close(self) -> None:
-        for target, _ in self.models.values():
-            target.close()
-        self.ledger.close()
+def open_roles(config: SecaConfig, run: RunFolder,
+               specs: dict[str, str | None] | None = None) -> Roles:
+    """Load the roles' models (``specs``, default the roles of ``config``) and connect them to
+    the run's ledger with the config's budget."""
+    if specs is None:
+        specs = {role: getattr(config, role) for role in ROLES}
+    roles = Roles(specs, config.model_settings())
+    try:
+        return roles.connect(run.own("ledger.sqlite"), config.budget())
+    except BaseException:
+        roles.close()
+        raise
 
 
 @dataclass
-class _Parts:
+class SecaParts:
+    """The pieces of SECA a run is made of (``run_seca`` builds those not given).
+
+    Attributes:
+        objective: reads the target's answer probabilities (``objective.py``).
+        proposer: writes rewrites; anything with ``propose(question, parents, m, step)``.
+        checks: the feasibility checks (``constraints.Checks``).
+    """
+
     objective: Objective
-    proposer: LLMProposer
+    proposer: Any
     checks: Checks
 
 
-def _parts(config: SecaConfig, roles: Roles) -> _Parts:
+def _needed_roles(config: SecaConfig, *, objective: Any, proposer: Any,
+                  checks: Any) -> dict[str, str | None]:
+    """Role -> spec of the roles the parts to build use (a given part needs no model)."""
+    specs: dict[str, str | None] = {}
+    if objective is None:
+        specs["target"] = config.target
+    if proposer is None:
+        specs["proposer"] = config.proposer
+    if checks is None:
+        specs.update(embedder=config.embedder, reference=config.reference, judge=config.judge)
+    return specs
+
+
+def build_parts(config: SecaConfig, roles: Roles, *, objective: Objective | None = None,
+                proposer: Any = None, checks: Checks | None = None) -> SecaParts:
+    """The given parts, and the others built from ``config`` on the connected ``roles``."""
     layers = roles.layers
-    objective = make_objective(config.objective, layers["target"], samples=config.samples,
-                               seed=config.seed)
-    fmt = config.proposer_format
-    if fmt == "auto":
-        fmt = "chat" if layers["proposer"].target.remote else "completion"
-    proposer = LLMProposer(layers["proposer"], seed=config.seed, fmt=fmt,
-                           temperature=config.temperature, max_tokens=config.proposer_max_tokens)
-    constraints: list[Constraint] = [OptionLeak()]
-    if "embedder" in layers:
-        constraints.append(EmbeddingSimilarity(layers["embedder"], config.similarity))
-    if "reference" in layers:
-        constraints.append(PerplexityCoherence(layers["reference"], config.coherence_ratio))
-    if "judge" in layers:
-        constraints.append(LLMJudge(layers["judge"], max_tokens=config.judge_max_tokens))
-    return _Parts(objective, proposer, Checks(constraints))
+    if objective is None:
+        objective = make_objective(config.objective, layers["target"], samples=config.samples,
+                                   seed=config.seed)
+    if proposer is None:
+        fmt = config.proposer_format
+        if fmt == "auto":
+            fmt = "chat" if layers["proposer"].target.remote else "completion"
+        proposer = LLMProposer(layers["proposer"], seed=config.seed, fmt=fmt,
+                               temperature=config.temperature,
+                               max_tokens=config.proposer_max_tokens)
+    if checks is None:
+        constraints: list[Constraint] = [OptionLeak()]
+        if "embedder" in layers:
+            constraints.append(EmbeddingSimilarity(layers["embedder"], config.similarity))
+        if "reference" in layers:
+            constraints.append(PerplexityCoherence(layers["reference"], config.coherence_ratio))
+        if "judge" in layers:
+            constraints.append(LLMJudge(layers["judge"], max_tokens=config.judge_max_tokens))
+        checks = Checks(constraints)
+    return SecaParts(objective, proposer, checks)
 
 
-def run_seca(config: SecaConfig, *, out: str | os.PathLike | RunFolder, resume: bool = False,
-             progress: Progress | None = None) -> dict[str, Any]:
+def _check_lengths(questions: list[Question], roles: Roles) -> None:
+    """Every question (with its options) fits the target's and the proposer's context."""
+    for role in ("target", "proposer"):
+        if role in roles.targets:
+            for q in questions:
+                check_fits(roles.targets[role], " ".join([q.question, *q.choices]),
+                           where=f"question {q.id} (with its options)")
+
+
+def run_seca(config: SecaConfig | None = None, *, out: str | os.PathLike | RunFolder,
+             resume: bool = False, retry_errors: bool = False,
+             progress: Progress | None = None, objective: Objective | None = None,
+             proposer: Any = None, checks: Checks | None = None) -> dict[str, Any]:
     """Attack every question of ``config.questions`` and write the run folder.
 
     Args:
-        config: the run's settings.
+        config: the run's settings (default ``SecaConfig()``).
         out: run folder (path or ``RunFolder``); must be empty unless ``resume``.
         resume: continue a folder made by an earlier call with the same config.
+        retry_errors: on resume, attack again the questions recorded with an ``error``.
         progress: called as ``progress(label, done, total)`` for the labels ``questions`` and
             ``search`` (steps of the current question).
+        objective, proposer, checks: parts to use instead of those built from ``config``
+            (``SecaParts``); the models of their roles are then not loaded.
 
     Returns:
         The summary (also written to ``summary.json``); ``stopped`` holds the reason when the
-        budget ran out before every question was done.
+        budget ran out before every question was done, ``errors`` counts questions recorded
+        with an error.
     """
+    config = SecaConfig() if config is None else config
     if not isinstance(config, SecaConfig):
         raise InputError(f"config must be a SecaConfig, got {type(config).__name__}")
     config.validate()
     start = time.perf_counter()
-    run = as_run_folder(out, resume=resume)
+    if config.questions is not None:  # one file, however it is named
+        config = replace(config, questions=str(Path(config.questions).expanduser().resolve()))
+    folder = out.path if isinstance(out, RunFolder) else check_run_folder(out, resume=resume)
     questions = load_questions(config.questions, seed=config.seed, shuffle=config.shuffle,
                                limit=config.limit)
     options = {k: v for k, v in asdict(config).items() if k != "seed"}
-    run.write_config(options, config.seed)
+    check_same_settings(folder, options, config.seed)
     budgets = matched_budgets(config.match, questions, config.target, config.objective) \
         if config.match else {}
-    done = {r["id"] for r in run.read_jsonl("results.jsonl")}
-    todo = [q for q in questions if q.id not in done]
-    finished = len(questions) - len(todo)
-    stopped = None
-    if todo:
-        roles = Roles(config, run)
-        try:
-            parts = _parts(config, roles)
-            for q in todo:
-                if progress is not None:
-                    progress("questions", finished, len(questions))
-                try:
-                    record = _attack(q, config, parts, roles, budgets.get(q.id), progress)
-                except BudgetExceeded as err:
-                    stopped = str(err)
-                    break
-                run.append_jsonl("results.jsonl", record)
-                finished += 1
-        finally:
+    todo = pending(questions, lambda q: q.id, read_jsonl_file(folder / "results.jsonl"),
+                   retry_errors=retry_errors)
+    roles = None
+    if todo:  # load the models first: a bad spec or a too-long question writes nothing
+        roles = Roles(_needed_roles(config, objective=objective, proposer=proposer,
+                                    checks=checks), config.model_settings())
+    try:
+        if roles is not None:
+            _check_lengths(todo, roles)
+        run = as_run_folder(out, resume=resume)
+        run.write_config(options, config.seed)
+        stopped = None
+        if roles is not None:
+            roles.connect(run.own("ledger.sqlite"), config.budget())
+            parts = build_parts(config, roles, objective=objective, proposer=proposer,
+                                checks=checks)
+            outcome = run_items(
+                run, todo, lambda q: _attack(q, config, parts, roles, budgets.get(q.id),
+                                             progress),
+                item_id=lambda q: q.id, progress=progress, label="questions",
+                total=len(questions))
+            stopped = outcome.stopped
+    finally:
+        if roles is not None:
             roles.close()
-    if progress is not None:
-        progress("questions", finished, len(questions))
     ids = {q.id for q in questions}
-    records = [r for r in run.read_jsonl("results.jsonl") if r["id"] in ids]
+    records = [r for r in latest_records(run.read_jsonl("results.jsonl")) if r["id"] in ids]
     summary = summarize(records, config)
     summary.update({"stopped": stopped, "seconds": round(time.perf_counter() - start, 3),
                     "files": FILES, "out": str(run.path)})
@@ -300,13 +344,13 @@ def run_seca(config: SecaConfig, *, out: str | os.PathLike | RunFolder, resume: 
     return summary
 
 
-def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: Roles,
+def _attack(q: Question, config: SecaConfig, parts: SecaParts, roles: Roles,
             max_scored: int | None, progress: Progress | None) -> dict[str, Any]:
     """Check eligibility, search (at most ``max_scored`` texts scored; None: no cap), and build
     the question's record."""
     start = time.perf_counter()
     usage_before = roles.usage()
-    parse_before = parts.proposer.stats.to_dict()
+    parse_before = _parse_counts(parts.proposer)
     logp0 = parts.objective.evaluate(q, [q.question])[0]
     target = choose_target(logp0, q.answer)
     record: dict[str, Any] = {
@@ -347,19 +391,29 @@ def _attack(q: Question, config: SecaConfig, parts: _Parts, roles: Roles,
     record.update(_verdict_fields(verdicts))
     record["objective_estimate"] = parts.objective.estimate
     record["proposer_parse"] = {k: v - parse_before[k]
-                                for k, v in parts.proposer.stats.to_dict().items()}
+                                for k, v in _parse_counts(parts.proposer).items()}
     after = roles.usage()
     queries = {role: {k: after[role][k] - usage_before[role][k] for k in after[role]}
                for role in after}
     record.update({
         "queries": queries,
         "requests": sum(u["requests"] for u in queries.values()),
-        "target_requests": queries["target"]["requests"],
+        "target_requests": queries.get("target", {"requests": 0})["requests"],
         "sent": sum(u["sent"] for u in queries.values()),
         "tokens": sum(u["tokens"] for u in queries.values()),
         "cost": sum(u["cost"] for u in queries.values()),
         "seconds": round(time.perf_counter() - start, 3)})
     return record
+
+
+PARSE_COUNTS = ("proposals", "json", "fallback", "failed")
+
+
+def _parse_counts(proposer: Any) -> dict[str, int]:
+    """The proposer's reply-parsing counts so far (zeros for a proposer that keeps none)."""
+    stats = getattr(proposer, "stats", None)
+    counts = stats.to_dict() if stats is not None else {}
+    return {k: counts.get(k, 0) for k in PARSE_COUNTS}
 
 
 def _p(logp: float) -> float:
@@ -392,6 +446,8 @@ def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, An
     questions and over successes. Pass rates are per aspect over the candidates the checks saw
     (improvers reaching that check).
     """
+    errors = [r for r in records if is_error(r)]
+    records = [r for r in records if not is_error(r)]
     eligible = [r for r in records if r["eligible"]]
     wins = [r for r in eligible if r["success"]]
     checks = {a: {"checked": 0, "passed": 0, "parse_failures": 0}
@@ -408,11 +464,11 @@ def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, An
         s["attacked"] += r["eligible"] and r["success"]
     for s in subjects.values():
         s["asr"] = _rate(s["attacked"], s["eligible"])
-    parse = {k: sum(r["proposer_parse"][k] for r in records) for k in
-             ("proposals", "json", "fallback", "failed")}
+    parse = {k: sum(r["proposer_parse"][k] for r in records) for k in PARSE_COUNTS}
     return {
         "method": config.baseline or "seca",
-        "questions": len(records), "eligible": len(eligible), "attacked": len(wins),
+        "questions": len(records) + len(errors), "errors": len(errors),
+        "eligible": len(eligible), "attacked": len(wins),
         "asr": _rate(len(wins), len(eligible)),
         "objective": records[0]["objective"] if records else None,
         "seed": config.seed, "iterations": config.iterations, "parents": config.parents,

@@ -74,3 +74,40 @@ def load_target(spec: str, **options: object) -> Target:
                              "model folder use hf:<folder>)")
         return _build(spec, load_classifier, folder, **options)
     raise _bad(spec, "unknown form")
+
+
+def load_options(spec: str, *, base_url: str | None = None, device: str | None = None,
+                 max_batch: int | None = None) -> dict[str, object]:
+    """The loading options that apply to ``spec``'s form (None values are left out):
+    ``base_url`` for ``openai:``, ``device`` for ``hf:`` and ``embed``, ``max_batch`` for
+    ``hf:``."""
+    scheme = spec.strip().partition(":")[0]
+    options: dict[str, object] = {}
+    if scheme == "openai" and base_url:
+        options["base_url"] = base_url
+    if scheme in ("hf", "embed") and device:
+        options["device"] = device
+    if scheme == "hf" and max_batch is not None:
+        options["max_batch"] = max_batch
+    return options
+
+
+REMOTE_MAX_CHARS = 16_000  # about 4k tokens at 4 characters a token: fits any chat model
+
+
+def check_fits(target: Target, text: str, *, where: str, share: float = 0.5) -> None:
+    """``InputError`` naming ``where`` when ``text`` would take more than ``share`` of the
+    target's context: counted with the target's tokenizer when it is local and has one, else
+    in characters against ``REMOTE_MAX_CHARS`` for remote targets; other targets are not
+    checked. The rest of the context is left for the method's prompt around the text."""
+    tokenizer = getattr(target, "tokenizer", None)
+    max_length = getattr(target, "max_length", None)
+    if tokenizer is not None and max_length:
+        size, room, unit = len(tokenizer(text)["input_ids"]), int(share * max_length), "tokens"
+    elif target.remote:
+        size, room, unit = len(text), int(share * REMOTE_MAX_CHARS), "characters"
+    else:
+        return
+    if size > room:
+        raise InputError(f"{where} is {size} {unit} long; {target.id} leaves room for at most "
+                         f"{room}: shorten it or drop it")

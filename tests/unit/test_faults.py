@@ -121,6 +121,7 @@ def test_serve_command_options(monkeypatch):
 
     class Handle:
         url = "http://127.0.0.1:8000/v1"
+        names = ["smollm2-135m-instruct", "hf:smollm2-135m-instruct"]
 
     def fake_serve(model, **options):
         seen.update(options, model=model)
@@ -131,8 +132,11 @@ def test_serve_command_options(monkeypatch):
     key = "bbzo-cli-secret-0123456789"
     result = runner.invoke(serve_cli.serve_command,
                            ["--fail", "429:0.2", "--fail", "500:0.1", "--latency", "0.2",
-                            "--rpm", "60", "--port", "0"], env={"BBZO_SERVE_API_KEY": key})
+                            "--rpm", "60", "--port", "0", "--max-queue", "3", "--deadline",
+                            "2.5"], env={"BBZO_SERVE_API_KEY": key})
     assert result.exit_code == 0, result.output
+    assert (seen["max_queue"], seen["request_timeout"]) == (3, 2.5)
+    assert "'smollm2-135m-instruct'" in result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 0
     assert seen["api_key"] == key and key not in result.output
     assert seen["model"] == "hf:smollm2-135m-instruct"

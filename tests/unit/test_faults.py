@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bbzo.blackbox.protocol import Request, Response
-from bbzo.blackbox.serve.batcher import Batcher
+from bbzo.blackbox.serve.batcher import Batcher, Cancelled
 from bbzo.blackbox.serve.faults import TIMEOUT_STATUS, FaultInjector, Faults, parse_fail
 from bbzo.blackbox.targets.base import Target
 from bbzo.cli import serve as serve_cli
@@ -114,6 +114,36 @@ def test_batcher_batches_waiting_jobs_and_isolates_a_bad_one():
     assert target.calls == [1, 4, 2, 1, 1]
     with pytest.raises(Exception, match="shutting down"):
         batcher.submit([Request("chat", {"text": "after"})]).result(1)
+
+
+class Interruptible(Blocking):
+    """``Blocking`` whose calls take ``interrupt`` checks and report what they said."""
+
+    def call(self, requests, interrupt=None):
+        answers = super().call(requests)
+        return [Response({**a.output, "interrupted": check()})
+                for a, check in zip(answers, interrupt, strict=True)]
+
+
+def test_batcher_drops_cancelled_jobs_and_interrupts_running_ones():
+    target = Interruptible()
+    batcher = Batcher(target)
+    stop_running = threading.Event()
+    first = batcher.submit([Request("chat", {"text": "first"})], stop_running)
+    target.started.wait(10)
+    dropped = threading.Event()
+    waiting = batcher.submit([Request("chat", {"text": "gone"})], dropped)
+    kept = batcher.submit([Request("chat", {"text": "kept"})])
+    assert batcher.pending == 3
+    dropped.set()
+    stop_running.set()
+    target.go.set()
+    assert first.result(10)[0].output == {"text": "first", "interrupted": True}
+    assert kept.result(10)[0].output == {"text": "kept", "interrupted": False}
+    with pytest.raises(Cancelled):
+        waiting.result(10)
+    batcher.close()
+    assert target.calls == [1, 1] and batcher.pending == 0
 
 
 def test_serve_command_options(monkeypatch):

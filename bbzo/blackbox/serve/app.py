@@ -8,14 +8,14 @@ OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 404 for unkn
 (with ``Allow``) for wrong methods.
 
 One worker thread owns the model (``batcher``). A completion goes: optional bearer-key check
-(constant-time; 401), body read (at most ``max_body_bytes``; 413), JSON checks (``bodies``;
-400), logged in the stats, fields checked (400 naming the bad field; ``max_tokens`` at most the
-model's context), held while the server is on ``hold()``, fault injection (``faults``), the
-queue limit (``max_queue`` jobs waiting or running at the model; 503 with ``Retry-After``
-beyond), the model under a deadline (``deadlines``; past it the generation is stopped between
-two tokens and the client gets 504 ``deadline_exceeded``). A client that hangs up is noticed at
-once: its request is dropped from the queue or its generation stopped, and nothing is answered
-(``abandoned`` in the stats).
+(constant-time; 401), body read (at most ``max_body_bytes``: 413; within ``BODY_S``: 408),
+JSON checks (``bodies``; 400), logged in the stats, fields checked (400 naming the bad field;
+``max_tokens`` at most the model's context), held while the server is on ``hold()``, fault
+injection (``faults``), the queue limit (``max_queue`` jobs waiting or running at the model;
+503 with ``Retry-After`` beyond), the model under a deadline (``deadlines``; past it the
+generation is stopped between two tokens and the client gets 504 ``deadline_exceeded``). A
+client that hangs up is noticed at once: its request is dropped from the queue or its
+generation stopped, and nothing is answered (``abandoned`` in the stats).
 
 Binds 127.0.0.1 unless told otherwise (IPv4 only). Logs name method, path and status at most,
 never headers, so the API key cannot reach them.
@@ -60,6 +60,7 @@ MAX_BODY_BYTES = 1 << 20
 MAX_QUEUE = 64
 DRAIN_BYTES = 8 << 20  # past the body limit, read (and drop) this much more before the 413
 IDLE_S = 120  # seconds an idle keep-alive connection stays open
+BODY_S = 120  # seconds a client may take to send its body (408 beyond)
 QUEUE_RETRY_AFTER_S = 1
 
 
@@ -204,7 +205,12 @@ class _App:
         self.stats.receive()
         try:
             self._authorize(request)
-            body = parse_json(await self._read_body(request))
+            body = parse_json(await asyncio.wait_for(self._read_body(request), BODY_S))
+        except asyncio.TimeoutError:
+            err = ApiError(408, f"the body did not arrive within {BODY_S} s",
+                           code="request_timeout")
+            self.stats.status(408)
+            return _error(err, {"Connection": "close"})
         except ApiError as err:
             self.stats.status(err.status)
             return _error(err, {"Connection": "close"} if err.status in (401, 413) else None)

@@ -3,6 +3,8 @@ bad requests (bodies, methods, paths, sizes, names) get JSON errors in OpenAI's 
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import types
 
@@ -12,6 +14,7 @@ import torch
 from openai import OpenAI
 from served import NAME, chat_body, endless_target, is_openai_error, tiny_folder
 
+from bbzo.blackbox.serve import app as serve_app
 from bbzo.blackbox.serve import served_names, start_server
 from bbzo.blackbox.targets.hf import HFTarget
 
@@ -167,6 +170,22 @@ def test_bodies_at_and_over_the_size_limit(plain):
     assert ok(plain)
 
 
+def test_a_stalled_body_is_answered_408(plain, monkeypatch):
+    monkeypatch.setattr(serve_app, "BODY_S", 0.3)
+    with socket.create_connection((plain.host, plain.port), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = conn.recv(4096)
+            assert chunk, reply
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert ok(plain)
+
+
 def test_served_names_alias_spec_and_override():
     alias = types.SimpleNamespace(id="hf:smollm2-135m-instruct:float32")
     assert served_names(alias, "hf:smollm2-135m-instruct") == [
@@ -201,6 +220,9 @@ def test_completions_echo_logprobs_equal_the_local_model(folder):
                                            max_tokens=0, temperature=0)
         generated = client.completions.create(model=NAME, prompt=prompts[0], echo=True,
                                               logprobs=2, max_tokens=3, temperature=0)
+        as_ids = client.completions.create(model=NAME, prompt=[target.tokenizer.encode(p)
+                                                                for p in prompts],
+                                           echo=True, logprobs=1, max_tokens=0)
         client.close()
     model, tok = target.model, target.tokenizer
     for prompt, choice in zip(prompts, scored.choices, strict=True):
@@ -216,6 +238,9 @@ def test_completions_echo_logprobs_equal_the_local_model(folder):
         best = [tok.decode([int(logp[t - 1].argmax())]) for t in range(1, len(ids))]
         assert [list(top) for top in lp.top_logprobs[1:]] == [[b] for b in best]
         assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(ids))]
+    assert [c.logprobs.token_logprobs for c in as_ids.choices] == \
+        [c.logprobs.token_logprobs for c in scored.choices]
+    assert [c.text for c in as_ids.choices] == prompts
     assert scored.usage.completion_tokens == 0
     assert scored.usage.prompt_tokens == sum(len(tok.encode(p)) for p in prompts)
     lp = generated.choices[0].logprobs

@@ -193,6 +193,7 @@ def test_served_names_alias_spec_and_override():
     folder = types.SimpleNamespace(id="hf:/models/lm:float32")
     assert served_names(folder) == ["hf:/models/lm:float32", "hf:/models/lm"]
     assert served_names(alias, "hf:smollm2-135m-instruct", "gpt-x") == ["gpt-x"]
+    assert served_names(types.SimpleNamespace(id="plain")) == ["plain"]
 
 
 def test_the_server_answers_to_every_listed_name_and_no_other(folder):

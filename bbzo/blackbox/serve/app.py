@@ -100,9 +100,10 @@ def served_names(target: Target, spec: str | None = None,
     """
     if model_name is not None:
         return [model_name]
-    body = target.id.split(":", 1)[-1]
-    short = body.rsplit(":", 1)[0] if body.count(":") else body
-    scheme = target.id.split(":", 1)[0]
+    scheme, colon, body = target.id.partition(":")
+    if not colon:
+        return list(dict.fromkeys([target.id, spec or target.id]))
+    short = body.rsplit(":", 1)[0] if ":" in body else body
     alias = "/" not in short and "\\" not in short
     names = [short] if alias else []
     names += [spec or target.id, f"{scheme}:{short}", target.id]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bbzo.blackbox.protocol import Request, Response
-from bbzo.blackbox.serve.batcher import Batcher
+from bbzo.blackbox.serve.batcher import Batcher, Cancelled
 from bbzo.blackbox.serve.faults import TIMEOUT_STATUS, FaultInjector, Faults, parse_fail
 from bbzo.blackbox.targets.base import Target
 from bbzo.cli import serve as serve_cli
@@ -116,11 +116,42 @@ def test_batcher_batches_waiting_jobs_and_isolates_a_bad_one():
         batcher.submit([Request("chat", {"text": "after"})]).result(1)
 
 
+class Interruptible(Blocking):
+    """``Blocking`` whose calls take ``interrupt`` checks and report what they said."""
+
+    def call(self, requests, interrupt=None):
+        answers = super().call(requests)
+        return [Response({**a.output, "interrupted": check()})
+                for a, check in zip(answers, interrupt, strict=True)]
+
+
+def test_batcher_drops_cancelled_jobs_and_interrupts_running_ones():
+    target = Interruptible()
+    batcher = Batcher(target)
+    stop_running = threading.Event()
+    first = batcher.submit([Request("chat", {"text": "first"})], stop_running)
+    target.started.wait(10)
+    dropped = threading.Event()
+    waiting = batcher.submit([Request("chat", {"text": "gone"})], dropped)
+    kept = batcher.submit([Request("chat", {"text": "kept"})])
+    assert batcher.pending == 3
+    dropped.set()
+    stop_running.set()
+    target.go.set()
+    assert first.result(10)[0].output == {"text": "first", "interrupted": True}
+    assert kept.result(10)[0].output == {"text": "kept", "interrupted": False}
+    with pytest.raises(Cancelled):
+        waiting.result(10)
+    batcher.close()
+    assert target.calls == [1, 1] and batcher.pending == 0
+
+
 def test_serve_command_options(monkeypatch):
     seen = {}
 
     class Handle:
         url = "http://127.0.0.1:8000/v1"
+        names = ["smollm2-135m-instruct", "hf:smollm2-135m-instruct"]
 
     def fake_serve(model, **options):
         seen.update(options, model=model)
@@ -131,8 +162,11 @@ def test_serve_command_options(monkeypatch):
     key = "bbzo-cli-secret-0123456789"
     result = runner.invoke(serve_cli.serve_command,
                            ["--fail", "429:0.2", "--fail", "500:0.1", "--latency", "0.2",
-                            "--rpm", "60", "--port", "0"], env={"BBZO_SERVE_API_KEY": key})
+                            "--rpm", "60", "--port", "0", "--max-queue", "3", "--deadline",
+                            "2.5"], env={"BBZO_SERVE_API_KEY": key})
     assert result.exit_code == 0, result.output
+    assert (seen["max_queue"], seen["request_timeout"]) == (3, 2.5)
+    assert "'smollm2-135m-instruct'" in result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 0
     assert seen["api_key"] == key and key not in result.output
     assert seen["model"] == "hf:smollm2-135m-instruct"

@@ -10,6 +10,7 @@ import time
 
 import torch
 from sentence_transformers import SentenceTransformer
+from transformers.utils import logging as hf_logging
 
 from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets import models
@@ -35,6 +36,7 @@ class EmbeddingTarget(Target):
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         path, name = models.resolve(model, models.SENTENCE_EMBEDDING)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        hf_logging.disable_progress_bar()  # bbzo draws its own progress on stderr
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except (OSError, ValueError) as err:

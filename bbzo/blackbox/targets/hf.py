@@ -20,9 +20,12 @@ What it answers (``bbzo.blackbox.protocol`` has the payload/output table):
   ``top_logprobs`` (at most 20) best alternatives, OpenAI style; these are the model's raw
   log-probabilities (before temperature and top_p), for every token drawn (the one that
   completed a stop string included). One completion per request: repeated draws
-  are requests with another ``sample`` index.
+  are requests with another ``sample`` index. ``params["prompt_logprobs"]`` (with logprobs) adds
+  ``"prompt_logprobs"``: each prompt token's log-probability given the tokens before it (None
+  for the first) and its best alternatives; then ``max_tokens`` may be 0 (score only).
 
-Prompts: ``payload["prompt"]`` (raw text, the tokenizer's special tokens such as BOS added) or
+Prompts: ``payload["prompt"]`` (raw text, the tokenizer's special tokens such as BOS added; or
+a list of token ids, used as they are) or
 ``payload["messages"]`` (rendered with the chat template). ``params["chat_template"]`` overrides
 the default (on for messages, off for a prompt); messages without the template are their
 contents joined by blank lines.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +64,12 @@ class Sampling:
     Attributes:
         temperature: softmax temperature; 0 = greedy.
         top_p: nucleus mass in (0, 1].
-        max_tokens: most tokens to generate (the stop token included).
+        max_tokens: most tokens to generate (the stop token included); 0 only with
+            ``prompt_logprobs`` (score the prompt, generate nothing).
         top_logprobs: None = no logprobs; k = logprobs with the k best alternatives per token.
         seed: seed of this request's random generator.
         stop: stop strings; a row ends once its text contains one.
+        prompt_logprobs: also report the prompt tokens' log-probabilities (needs logprobs).
     """
 
     temperature: float = 1.0
@@ -72,6 +78,7 @@ class Sampling:
     top_logprobs: int | None = None
     seed: int = 0
     stop: tuple[str, ...] = ()
+    prompt_logprobs: bool = False
 
     @classmethod
     def from_params(cls, params: dict, seed: int) -> Sampling:
@@ -84,8 +91,14 @@ class Sampling:
             raise InputError(f"temperature must be a number >= 0, got {temperature!r}")
         if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise InputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        echo = params.get("prompt_logprobs", False)
+        if not isinstance(echo, bool) or (echo and not params.get("logprobs")):
+            raise InputError("prompt_logprobs must be true or false, and true needs "
+                             "logprobs=true in params")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
+                or max_tokens < (0 if echo else 1):
+            raise InputError(f"max_tokens must be a positive integer (0 allowed with "
+                             f"prompt_logprobs), got {max_tokens!r}")
         if not isinstance(k, int) or not 0 <= k <= MAX_TOP_LOGPROBS:
             raise InputError(f"top_logprobs must be an integer in 0..{MAX_TOP_LOGPROBS}, got {k!r}")
         if k and not params.get("logprobs"):
@@ -93,7 +106,8 @@ class Sampling:
         if params.get("n", 1) != 1:
             raise InputError("n must be 1: ask for repeated draws with new sample indices")
         return cls(float(temperature), float(top_p), max_tokens,
-                   k if params.get("logprobs") else None, seed, parse_stop(params.get("stop")))
+                   k if params.get("logprobs") else None, seed, parse_stop(params.get("stop")),
+                   echo)
 
 
 @dataclass
@@ -104,8 +118,9 @@ class Completion:
         token_ids: generated tokens, the stop token excluded.
         logprobs: raw log-probability of each of ``token_ids``.
         top: per token, the best alternatives as (token id, log-probability), best first.
-        finish_reason: ``"stop"`` (a stop token was drawn, or the text reached a stop string) or
-            ``"length"`` (max_tokens reached).
+        finish_reason: ``"stop"`` (a stop token was drawn, or the text reached a stop string),
+            ``"length"`` (max_tokens reached) or ``"interrupted"`` (its ``interrupt`` check
+            said stop; see ``HFTarget.call``).
         ntokens: tokens drawn, the stop token included.
     """
 
@@ -145,11 +160,14 @@ def _draw(logp: torch.Tensor, sampling: Sampling, generator: torch.Generator) ->
     return int(order[keep][min(int(torch.searchsorted(cdf, u)), len(cdf) - 1)])
 
 
+_UNSEEDED = ("stop", "prompt_logprobs")  # params that do not change the tokens drawn
+
+
 def _seed(request: Request) -> int:
     """Seed of a generation request's random generator: from its canonical JSON, the stop
-    strings left out."""
-    if "stop" in request.params:
-        params = {k: v for k, v in request.params.items() if k != "stop"}
+    strings and the prompt-scoring flag left out."""
+    if any(k in request.params for k in _UNSEEDED):
+        params = {k: v for k, v in request.params.items() if k not in _UNSEEDED}
         request = Request(request.kind, request.payload, params, request.sample)
     return int(request.key("")[:16], 16)
 
@@ -193,6 +211,9 @@ class HFTarget(Target):
         # Prefill needs the last position's logits only; most models can skip the others.
         takes = inspect.signature(self.model.forward).parameters
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        # transformers 5 renamed the KV cache argument and output ``past_key_values`` ->
+        # ``cache`` (the old name still works but prints a FutureWarning on every run).
+        self._cache = "cache" if "cache" in takes else "past_key_values"
         self._forms: dict[str, dict[str, int]] = {}
 
     # ---- prompts -------------------------------------------------------------------------
@@ -207,8 +228,16 @@ class HFTarget(Target):
                 and all(isinstance(m, dict) and isinstance(m.get("content"), str)
                         and isinstance(m.get("role"), str) for m in messages)):
             raise InputError("messages must be a non-empty list of {role, content} strings")
+        if isinstance(prompt, list):
+            vocab = len(self.tokenizer)
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                       for t in prompt):
+                raise InputError(f"a prompt given as token ids must hold integers in "
+                                 f"0..{vocab - 1}")
+            return list(prompt)
         if prompt is not None and not isinstance(prompt, str):
-            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+            raise InputError(f"prompt must be a string or a list of token ids, got "
+                             f"{type(prompt).__name__}")
         if not params.get("chat_template", messages is not None):
             text = prompt if prompt is not None else "\n\n".join(m["content"] for m in messages)
             return self.tokenizer.encode(text)
@@ -264,13 +293,18 @@ class HFTarget(Target):
 
     @torch.no_grad()
     def generate_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                             settings: list[Sampling]) -> list[Completion]:
+                             settings: list[Sampling],
+                             interrupt: Sequence[Callable[[], bool] | None] | None = None
+                             ) -> list[Completion]:
         """Continue each row of left-padded input embeddings (B, L, hidden); one setting per row.
 
         Generated tokens enter through the ordinary embedding layer, so a hook on
         ``input_embeddings()`` only ever sees them, never ``embeds``. A row that finishes (stop
-        token, stop string, ``max_tokens``) leaves the batch, so later steps cost less.
+        token, stop string, ``max_tokens``, or its ``interrupt[i]()`` returning True, checked
+        after every token: finish reason ``"interrupted"``) leaves the batch, so later steps cost
+        less.
         """
+        checks = list(interrupt) if interrupt is not None else [None] * len(settings)
         gens = [torch.Generator().manual_seed(s.seed) for s in settings]
         done = [Completion([], [], []) for _ in settings]
         watches = [StopWatch(s.stop, self._text) if s.stop else None for s in settings]
@@ -289,12 +323,14 @@ class HFTarget(Target):
                 if done[i].finish_reason != "stop" and watches[i] is not None \
                         and watches[i].push(token):
                     done[i].finish_reason = "stop"
-                if done[i].finish_reason != "stop" and done[i].ntokens < settings[i].max_tokens:
+                if done[i].finish_reason == "length" and checks[i] is not None and checks[i]():
+                    done[i].finish_reason = "interrupted"
+                if done[i].finish_reason == "length" and done[i].ntokens < settings[i].max_tokens:
                     keep.append(row)
                     chosen.append(token)
             if not keep:
                 return done
-            cache = out.past_key_values
+            cache = getattr(out, self._cache)
             if len(keep) < len(live):  # finished rows leave the batch and its cache
                 index = torch.tensor(keep, device=mask.device)
                 cache.batch_select_indices(index)
@@ -303,8 +339,8 @@ class HFTarget(Target):
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             pos = pos + 1
             out = self.model(input_ids=torch.tensor(chosen, device=mask.device)[:, None],
-                             attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True)
+                             attention_mask=mask, position_ids=pos, use_cache=True,
+                             **{self._cache: cache})
 
     def _record(self, done: Completion, token: int, logp: torch.Tensor,
                 sampling: Sampling) -> None:
@@ -385,23 +421,52 @@ class HFTarget(Target):
         return [Response({"loglik": loglik[j], "ntokens": ntokens[j]},
                          Usage(prompt_tokens=used[j])) for j in range(len(requests))]
 
-    def _complete(self, requests: list[Request]) -> list[Response]:
+    def _complete(self, requests: list[Request],
+                  interrupt: Sequence[Callable[[], bool] | None]) -> list[Response]:
         prompts, settings = [], []
         for r in requests:
             if r.kind == "chat" and "messages" not in r.payload:
                 raise InputError("chat requests need payload['messages']")
             sampling = Sampling.from_params(r.params, _seed(r))
-            prompts.append(self._prompt(r, extra=sampling.max_tokens - 1))
+            prompts.append(self._prompt(r, extra=max(sampling.max_tokens - 1, 0)))
             settings.append(sampling)
-        done: list[Completion] = []
-        for lo in range(0, len(prompts), self.max_batch):
-            ids, mask = _pad(prompts[lo:lo + self.max_batch], self.pad_id, left=True)
+        done = {i: Completion([], [], []) for i, s in enumerate(settings) if s.max_tokens == 0}
+        rows = [i for i in range(len(settings)) if i not in done]
+        for lo in range(0, len(rows), self.max_batch):
+            chunk = rows[lo:lo + self.max_batch]
+            ids, mask = _pad([prompts[i] for i in chunk], self.pad_id, left=True)
             with torch.no_grad():
                 embeds = self.input_embeddings()(ids.to(self.device))
-            done += self.generate_from_embeds(embeds, mask.to(self.device),
-                                              settings[lo:lo + self.max_batch])
-        return [Response(self._completion_output(c, s), Usage(len(p), c.ntokens))
-                for c, s, p in zip(done, settings, prompts, strict=True)]
+            done.update(zip(chunk, self.generate_from_embeds(
+                embeds, mask.to(self.device), [settings[i] for i in chunk],
+                [interrupt[i] for i in chunk]), strict=True))
+        echoed = [i for i, s in enumerate(settings) if s.prompt_logprobs]
+        scored = dict(zip(echoed, self._scored_rows([prompts[i] for i in echoed],
+                                                    [0] * len(echoed)), strict=True))
+        responses = []
+        for i, (sampling, prompt) in enumerate(zip(settings, prompts, strict=True)):
+            output = self._completion_output(done[i], sampling)
+            if i in scored:
+                output["prompt_logprobs"] = self._prompt_logprobs(prompt, scored[i], sampling)
+            responses.append(Response(output, Usage(len(prompt), done[i].ntokens)))
+        return responses
+
+    def _prompt_logprobs(self, ids: list[int], logp: torch.Tensor,
+                         sampling: Sampling) -> list[dict]:
+        """Per prompt token ``{"token", "logprob", "top"}`` from the prompt's log-softmax rows
+        ``logp`` (len(ids), V); the first token has no context: logprob None, top empty."""
+        decode = self.tokenizer.decode
+        out = [{"token": decode([ids[0]]), "logprob": None, "top": {}}]
+        k = sampling.top_logprobs or 0
+        for t in range(1, len(ids)):
+            best = logp[t - 1].topk(k) if k else None
+            top: dict[str, float] = {}
+            if best is not None:
+                for j, v in zip(best.indices.tolist(), best.values.tolist(), strict=True):
+                    top.setdefault(decode([j]), v)
+            out.append({"token": decode([ids[t]]), "logprob": float(logp[t - 1, ids[t]]),
+                        "top": top})
+        return out
 
     def _text(self, token_ids: list[int]) -> str:
         """The text of generated tokens (special tokens left out)."""
@@ -427,19 +492,32 @@ class HFTarget(Target):
                                            "top": alternatives})
         return output
 
-    def call(self, requests: list[Request]) -> list[Response]:
-        """Answer a batch; requests of each kind share padded forward passes."""
+    def call(self, requests: list[Request],
+             interrupt: Sequence[Callable[[], bool] | None] | None = None) -> list[Response]:
+        """Answer a batch; requests of each kind share padded forward passes.
+
+        ``interrupt`` (one entry per request, or None): a generation request whose check
+        returns True stops between two tokens with finish reason ``"interrupted"`` (a server
+        uses it for requests whose client left or whose deadline passed).
+        """
         for r in requests:
             self.check(r)
+        checks = list(interrupt) if interrupt is not None else [None] * len(requests)
+        if len(checks) != len(requests):
+            raise InputError(f"interrupt has {len(checks)} entries for {len(requests)} "
+                             f"requests; give one per request")
+        complete = self._complete
         handlers = {"letter_logprobs": self._letters, "option_loglik": self._options,
-                    "generate": self._complete, "chat": self._complete}
+                    "generate": complete, "chat": complete}
         groups: dict = {}
         for i, r in enumerate(requests):
             groups.setdefault(handlers[r.kind], []).append(i)
         responses: list[Response | None] = [None] * len(requests)
         for handler, where in groups.items():
             start = time.perf_counter()
-            answers = handler([requests[i] for i in where])
+            batch = [requests[i] for i in where]
+            answers = (complete(batch, [checks[i] for i in where]) if handler == complete
+                       else handler(batch))
             elapsed = time.perf_counter() - start
             for i, answer in zip(where, answers, strict=True):
                 answer.latency_s = elapsed

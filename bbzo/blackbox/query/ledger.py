@@ -6,6 +6,19 @@ before the request is sent, so an audit can see what was in flight when a run di
 served as an answer: a failed request is sent again on resume). Repeated queries are answered
 from ``ok`` rows at no cost and counted in the ``hits`` column.
 
+Schema (table ``queries``, ``PRAGMA user_version`` 2): ``key`` (primary key), ``target``,
+``kind``, ``request`` (canonical JSON; a dense request's arrays appear as descriptors with
+dtype and shape), ``request_arrays`` (BLOB: the arrays' raw bytes, only with
+``store_payloads=True``, else NULL), ``status``, ``response`` (JSON of ``{"output", "meta"}``,
+arrays as descriptors), ``response_arrays`` (BLOB: raw bytes of the answer's arrays, e.g. the
+float64 class probabilities of a dense ``classify``; NULL for plain JSON answers), ``error``,
+``prompt_tokens``, ``completion_tokens``, ``cost``, ``latency_s``, ``attempts``, ``hits``,
+``created_at``, ``updated_at``. A v1 file (no BLOB columns) gains them on open.
+
+Writes are batched: ``begin``, ``record``, ``record_error`` and ``note_hits`` each commit their
+whole list of rows in one transaction (the query layer calls them once per target call), so a
+batch of 256 dense requests costs a few commits, not 256.
+
 Durability: WAL journal with ``synchronous=FULL``. A commit is in the WAL file before
 ``commit()`` returns, so a process killed with SIGKILL right after keeps it; FULL also fsyncs
 each commit so a power cut cannot lose it either.
@@ -19,7 +32,6 @@ Thread-safe: one connection behind a lock (the query layer writes from worker th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -30,21 +42,23 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bbzo.blackbox.protocol import Request, Response, Usage
+from bbzo.blackbox.protocol import Request, Response, Usage, dumps_dense, loads_dense
 from bbzo.errors import InputError, TargetError
 from bbzo.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     key TEXT PRIMARY KEY,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
     request TEXT NOT NULL,
+    request_arrays BLOB,
     status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'error')),
     response TEXT,
+    response_arrays BLOB,
     error TEXT,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
@@ -56,6 +70,9 @@ CREATE TABLE IF NOT EXISTS queries (
     updated_at REAL NOT NULL
 )
 """
+_ADDED_IN_V2 = ("request_arrays", "response_arrays")  # BLOB columns a v1 file lacks
+
+
 def _percentile(ordered: list[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted values (``p`` in (0, 1]); None if empty."""
     if not ordered:
@@ -106,10 +123,13 @@ class Ledger:
 
     Args:
         path: the SQLite file (created with its parent folder if missing).
+        store_payloads: also store the raw bytes of dense requests' arrays (images...); by
+            default a dense request's row holds its key, JSON with dtype/shape and the answer.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, store_payloads: bool = False) -> None:
         self.path = Path(path)
+        self.store_payloads = bool(store_payloads)
         self.redactions = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -123,6 +143,7 @@ class Ledger:
                 raise InputError(f"ledger {self.path} has schema v{version}; this bbzo reads "
                                  f"v{SCHEMA_VERSION}: upgrade bbzo")
             self._db.execute(_SCHEMA)
+            self._add_v2_columns()
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as err:
             raise InputError(f"{self.path} is not a usable bbzo ledger: {err}") from None
@@ -138,6 +159,13 @@ class Ledger:
         with self._lock:
             self._db.close()
 
+    def _add_v2_columns(self) -> None:
+        """Give a v1 table the BLOB columns of v2 (NULL in old rows: plain JSON)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}
+        for column in _ADDED_IN_V2:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} BLOB")
+
     @contextmanager
     def _write(self) -> Iterator[None]:
         """One committed transaction, under the lock."""
@@ -152,17 +180,18 @@ class Ledger:
 
     def answers(self, keys: list[str]) -> dict[str, Response]:
         """Stored answers (``ok`` rows) for ``keys``, marked cached and free."""
-        found: dict[str, Response] = {}
+        rows: list[tuple[str, str, bytes | None]] = []
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, response FROM queries WHERE status = 'ok' AND key IN ({marks})",
-                    chunk)
-                for key, text in rows:
-                    data = json.loads(text)
-                    found[key] = Response(output=data["output"], meta=data["meta"], cached=True)
+                rows += self._db.execute(
+                    f"SELECT key, response, response_arrays FROM queries WHERE status = 'ok'"
+                    f" AND key IN ({marks})", chunk).fetchall()
+        found: dict[str, Response] = {}
+        for key, text, data in rows:
+            answer = loads_dense(text, data)
+            found[key] = Response(output=answer["output"], meta=answer["meta"], cached=True)
         return found
 
     def note_hits(self, counts: Mapping[str, int]) -> None:
@@ -174,12 +203,13 @@ class Ledger:
     def begin(self, target_id: str, items: list[tuple[str, Request]]) -> None:
         """Write ``pending`` rows for requests about to be sent (committed on return)."""
         now = time.time()
-        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()), now,
-                 now) for key, request in items]
+        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
+                 self._array_bytes(request), now, now) for key, request in items]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT(key) DO UPDATE SET"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET"
                 " status = 'pending', updated_at = excluded.updated_at WHERE status != 'ok'", rows)
 
     def record(self, target_id: str, items: list[tuple[str, Request, Response]],
@@ -189,29 +219,30 @@ class Ledger:
         rows, out = [], []
         for key, request, response in items:
             try:
-                text = json.dumps({"output": response.output, "meta": response.meta},
-                                  ensure_ascii=False)
-            except (TypeError, ValueError) as err:
-                raise TargetError(f"target {target_id} returned an answer that is not JSON data "
-                                  f"({err}); targets must return lists, dicts, str and numbers"
-                                  ) from None
+                text, arrays = dumps_dense({"output": response.output, "meta": response.meta})
+            except InputError as err:
+                raise TargetError(f"target {target_id} returned an answer that cannot be stored "
+                                  f"({err})") from None
             text = self._clean(text)
-            data = json.loads(text)
+            data = b"".join(a.tobytes() for a in arrays) if arrays else None
+            answer = loads_dense(text, data)
             usage = response.usage
             rows.append((key, self._clean(target_id), request.kind,
-                         self._clean(request.to_json()), text, usage.prompt_tokens,
-                         usage.completion_tokens, response.cost, response.latency_s, attempts,
-                         now, now))
-            out.append(Response(output=data["output"], usage=Usage(usage.prompt_tokens,
-                                                                   usage.completion_tokens),
+                         self._clean(request.to_json()), self._array_bytes(request), text, data,
+                         usage.prompt_tokens, usage.completion_tokens, response.cost,
+                         response.latency_s, attempts, now, now))
+            out.append(Response(output=answer["output"], usage=Usage(usage.prompt_tokens,
+                                                                     usage.completion_tokens),
                                 cost=response.cost, latency_s=response.latency_s,
-                                meta=data["meta"]))
+                                meta=answer["meta"]))
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, response, error,"
-                " prompt_tokens, completion_tokens, cost, latency_s, attempts, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 'ok', ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
+                " response, response_arrays, error, prompt_tokens, completion_tokens, cost,"
+                " latency_s, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET status = 'ok', response = excluded.response,"
+                " response_arrays = excluded.response_arrays,"
                 " error = NULL, prompt_tokens = excluded.prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, cost = excluded.cost,"
                 " latency_s = excluded.latency_s, attempts = attempts + excluded.attempts,"
@@ -225,11 +256,11 @@ class Ledger:
         now = time.time()
         error = self._clean(error)
         rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
-                 error, attempts, now, now) for key, request in items]
+                 self._array_bytes(request), error, attempts, now, now) for key, request in items]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, error, attempts,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'error', ?, ?, ?, ?)"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status, error,"
+                " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'error', ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET status = 'error', error = excluded.error,"
                 " attempts = attempts + excluded.attempts, updated_at = excluded.updated_at"
                 " WHERE status != 'ok'", rows)
@@ -270,6 +301,10 @@ class Ledger:
         out.latency_p90_s = _percentile(latencies, 0.90)
         out.latency_p99_s = _percentile(latencies, 0.99)
         return out
+
+    def _array_bytes(self, request: Request) -> bytes | None:
+        """What ``request_arrays`` holds for ``request``: its arrays' bytes if stored, else None."""
+        return request.array_bytes() if self.store_payloads else None
 
     def _clean(self, text: str) -> str:
         clean, n = redact_text(text)

@@ -169,20 +169,27 @@ class QueryLayer:
             raise InputError(f"no price for model {self.model!r}, so a cost budget cannot be "
                              f"enforced; add its price (PriceTable / a price file)")
 
-    def submit(self, requests: Sequence[Request]) -> list[Response]:
+    def submit(self, requests: Sequence[Request], *,
+               all_or_nothing: bool = False) -> list[Response]:
         """Blocking ``asubmit``. Inside a running event loop (a notebook, an async app) it runs
         on a helper thread with its own loop and blocks the caller's loop until done; there,
         prefer ``await layer.asubmit(...)``."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.asubmit(requests))
+            return asyncio.run(self.asubmit(requests, all_or_nothing=all_or_nothing))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self.asubmit(requests)).result()
+            return pool.submit(asyncio.run, self.asubmit(
+                requests, all_or_nothing=all_or_nothing)).result()
 
-    async def asubmit(self, requests: Sequence[Request]) -> list[Response]:
+    async def asubmit(self, requests: Sequence[Request], *,
+                      all_or_nothing: bool = False) -> list[Response]:
         """Answers to ``requests``, in order. Answers not paid for in this call (ledger hits,
         duplicates) have ``cached=True``, ``cost=0`` and zero usage.
+
+        ``all_or_nothing``: when the query budget cannot cover every request this call would
+        send (ledger hits and duplicates are free), raise ``BudgetExceeded`` sending none of
+        them (as an objective refuses a whole batch); by default as many are sent as fit.
 
         Raises ``InputError`` (bad request, before anything is sent), ``PermanentError``,
         ``TargetError`` (retries exhausted) or ``BudgetExceeded``; answers that came back before
@@ -197,6 +204,9 @@ class QueryLayer:
             stored = await asyncio.to_thread(self.ledger.answers, list(unique))
         run.advance(list(stored))
         state = self._loop_state()
+        if all_or_nothing:
+            self._afford([key for key in unique if key not in stored
+                          and key not in state.inflight])
         owned, waits = [], []
         for key in unique:
             if key in stored:
@@ -235,6 +245,14 @@ class QueryLayer:
         if self.ledger is not None and hits:
             self.ledger.note_hits(hits)
         return out
+
+    def _afford(self, keys: list[str]) -> None:
+        """Raise ``BudgetExceeded`` unless the query budget covers sending all of ``keys``."""
+        if keys and not self.budget.can_afford(queries=len(keys)):
+            raise BudgetExceeded(f"query budget exhausted: {self.budget.queries} of "
+                                 f"{self.budget.max_queries} used, this batch needs {len(keys)} "
+                                 f"new queries (answers already in the ledger are free)",
+                                 nqueries=self.budget.queries)
 
     def _check(self, request: Request) -> str:
         if not isinstance(request, Request):

@@ -203,8 +203,10 @@ class Ledger:
     def begin(self, target_id: str, items: list[tuple[str, Request]]) -> None:
         """Write ``pending`` rows for requests about to be sent (committed on return)."""
         now = time.time()
-        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
-                 self._array_bytes(request), now, now) for key, request in items]
+        target = self._clean(target_id)
+        texts = self._clean_many([request.to_json() for _, request in items])
+        rows = [(key, target, request.kind, text, self._array_bytes(request), now, now)
+                for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
                 "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
@@ -216,21 +218,25 @@ class Ledger:
                attempts: int) -> list[Response]:
         """Commit answers (``ok`` rows); return them as a resumed run would read them back."""
         now = time.time()
-        rows, out = [], []
-        for key, request, response in items:
+        dumped = []
+        for _, _, response in items:
             try:
-                text, arrays = dumps_dense({"output": response.output, "meta": response.meta})
+                dumped.append(dumps_dense({"output": response.output, "meta": response.meta}))
             except InputError as err:
                 raise TargetError(f"target {target_id} returned an answer that cannot be stored "
                                   f"({err})") from None
-            text = self._clean(text)
+        target = self._clean(target_id)
+        answers = self._clean_many([text for text, _ in dumped])
+        requests = self._clean_many([request.to_json() for _, request, _ in items])
+        rows, out = [], []
+        for (key, request, response), (_, arrays), text, request_text in zip(
+                items, dumped, answers, requests, strict=True):
             data = b"".join(a.tobytes() for a in arrays) if arrays else None
             answer = loads_dense(text, data)
             usage = response.usage
-            rows.append((key, self._clean(target_id), request.kind,
-                         self._clean(request.to_json()), self._array_bytes(request), text, data,
-                         usage.prompt_tokens, usage.completion_tokens, response.cost,
-                         response.latency_s, attempts, now, now))
+            rows.append((key, target, request.kind, request_text, self._array_bytes(request),
+                         text, data, usage.prompt_tokens, usage.completion_tokens,
+                         response.cost, response.latency_s, attempts, now, now))
             out.append(Response(output=answer["output"], usage=Usage(usage.prompt_tokens,
                                                                      usage.completion_tokens),
                                 cost=response.cost, latency_s=response.latency_s,
@@ -255,8 +261,10 @@ class Ledger:
         A row already ``ok`` keeps its answer."""
         now = time.time()
         error = self._clean(error)
-        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
-                 self._array_bytes(request), error, attempts, now, now) for key, request in items]
+        target = self._clean(target_id)
+        texts = self._clean_many([request.to_json() for _, request in items])
+        rows = [(key, target, request.kind, text, self._array_bytes(request), error, attempts,
+                 now, now) for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
                 "INSERT INTO queries (key, target, kind, request, request_arrays, status, error,"
@@ -306,11 +314,26 @@ class Ledger:
         """What ``request_arrays`` holds for ``request``: its arrays' bytes if stored, else None."""
         return request.array_bytes() if self.store_payloads else None
 
+    def _clean_many(self, texts: list[str]) -> list[str]:
+        """``_clean`` of each text, in one pass over their newline-joined concatenation (JSON
+        text holds no raw newline); one by one if a text has a newline or a mask crossed one."""
+        joined = "\n".join(texts)
+        if len(texts) > 1 and joined.count("\n") == len(texts) - 1:
+            clean, n = redact_text(joined)
+            parts = clean.split("\n")
+            if len(parts) == len(texts):
+                self._note_redactions(n)
+                return parts
+        return [self._clean(text) for text in texts]
+
     def _clean(self, text: str) -> str:
         clean, n = redact_text(text)
+        self._note_redactions(n)
+        return clean
+
+    def _note_redactions(self, n: int) -> None:
         if n:
             if not self.redactions:
                 log.warning("ledger %s: redacted %d secret-looking string(s) before writing",
                             self.path, n)
             self.redactions += n
-        return clean

@@ -39,7 +39,9 @@ answers with it: JSON text with descriptors + the arrays' bytes).
 
 from __future__ import annotations
 
+import copy
 import email.utils
+import functools
 import hashlib
 import itertools
 import json
@@ -118,42 +120,48 @@ def dumps_dense(obj: Any, *, canonical: bool = False) -> tuple[str, list[np.ndar
     return text, arrays
 
 
-def join_arrays(tree: Any, arrays: dict[int, np.ndarray]) -> Any:
+def _join_arrays(tree: Any, arrays: dict[int, np.ndarray]) -> Any:
     """``tree`` (parsed ``dumps_dense`` JSON) with each descriptor replaced by ``arrays[at]``."""
     if isinstance(tree, dict):
         if len(tree) == 1 and ARRAY_TAG in tree:
             return arrays[tree[ARRAY_TAG]["at"]]
-        return {k: join_arrays(v, arrays) for k, v in tree.items()}
+        return {k: _join_arrays(v, arrays) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [join_arrays(v, arrays) for v in tree]
+        return [_join_arrays(v, arrays) for v in tree]
     return tree
 
 
 def loads_dense(text: str, data: bytes | None) -> Any:
     """Inverse of ``dumps_dense``: parse ``text`` and read each descriptor's array (a writable
     copy) from ``data``, the concatenated raw bytes; ``data=None`` means plain JSON."""
-    tree = json.loads(text)
     if data is None:
-        return tree
-    arrays: dict[int, np.ndarray] = {}
+        return json.loads(text)
+    skeleton = _skeleton(text) if len(text) <= _SKELETON_CACHE_CHARS else json.loads(text)
+    return _rebuild(skeleton, data)
 
-    def read(node: Any) -> None:
-        if isinstance(node, dict):
-            spec = node.get(ARRAY_TAG) if len(node) == 1 else None
-            if isinstance(spec, dict):
-                dtype = np.dtype(spec["dtype"])
-                count = math.prod(spec["shape"])
-                arrays[spec["at"]] = np.frombuffer(data, dtype, count, spec["at"]).reshape(
-                    spec["shape"]).copy()
-                return
-            for value in node.values():
-                read(value)
-        elif isinstance(node, list):
-            for value in node:
-                read(value)
 
-    read(tree)
-    return join_arrays(tree, arrays)
+_SKELETON_CACHE_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _skeleton(text: str) -> Any:
+    """Parsed JSON of a short dense text (answers of one target share a few); never mutated:
+    ``_rebuild`` makes fresh containers."""
+    return json.loads(text)
+
+
+def _rebuild(node: Any, data: bytes) -> Any:
+    """A fresh copy of ``node`` with each descriptor replaced by its array read from ``data``."""
+    if isinstance(node, dict):
+        spec = node.get(ARRAY_TAG) if len(node) == 1 else None
+        if isinstance(spec, dict):
+            shape = spec["shape"]
+            return np.frombuffer(data, np.dtype(spec["dtype"]), math.prod(shape),
+                                 spec["at"]).reshape(shape).copy()
+        return {key: _rebuild(value, data) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_rebuild(value, data) for value in node]
+    return node
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,9 +204,31 @@ class Request:
             object.__setattr__(self, "_arrays", tuple(owned))
             object.__setattr__(self, "_digest", digest.digest())
             offsets = itertools.accumulate((a.nbytes for a in owned[:-1]), initial=0)
-            data = join_arrays(data, dict(zip(offsets, owned, strict=True)))
+            data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
         object.__setattr__(self, "payload", data["payload"])
         object.__setattr__(self, "params", data["params"])
+
+    @classmethod
+    def dense_batch(cls, kind: str, field: str, rows: Any, params: dict | None = None,
+                    sample: int = 0) -> list[Request]:
+        """``[Request(kind, {field: row}, params, sample) for row in rows]`` (same keys) for an
+        array or tensor ``rows`` (n, ...), in one pass: rows are copied together and the JSON
+        part is dumped once, so each request costs little more than hashing its row."""
+        stacked = as_dense(rows, copy=True)
+        if stacked is None or stacked.ndim < 1 or len(stacked) == 0:
+            raise InputError(f"rows must be a non-empty numpy array or torch tensor (n, ...), "
+                             f"got {type(rows).__name__}")
+        first = cls(kind, {field: stacked[0]}, params or {}, sample)
+        params_text = canonical_json(first.params) if first.params else ""
+        out = [first]
+        for row in stacked[1:]:
+            request = copy.copy(first)
+            object.__setattr__(request, "payload", {field: row})
+            object.__setattr__(request, "params", json.loads(params_text) if params_text else {})
+            object.__setattr__(request, "_arrays", (row,))
+            object.__setattr__(request, "_digest", hashlib.sha256(row.data).digest())
+            out.append(request)
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):

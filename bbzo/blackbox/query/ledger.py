@@ -1,7 +1,7 @@
 """The ledger: one SQLite file per run holding every request and its answer.
 
 One row per canonical request key (``Request.key(target.id)``). A row goes ``pending`` (written
-before the request is sent, so an audit can see what was in flight when a run died) and then
+before a remote request is sent, so an audit can see what was in flight when a run died) and then
 ``ok`` (the answer, committed before it is handed back) or ``error`` (kept for the record, never
 served as an answer: a failed request is sent again on resume). Repeated queries are answered
 from ``ok`` rows at no cost and counted in the ``hits`` column.

@@ -135,8 +135,8 @@ class LayerObjective:
                              f"give shape with prod(shape) == d")
         if self.dtype is not None:
             rows = rows.astype(self.dtype, copy=False)
-        return [Request(self.kind, {self.field: row.reshape(1, *shape)}, self.params)
-                for row in rows]
+        return Request.dense_batch(self.kind, self.field, rows.reshape(len(rows), 1, *shape),
+                                   self.params)
 
     def __call__(self, X: Any) -> Any:
         """Values (n,) for the rows of ``X``: a tensor of ``X``'s dtype and device for a float

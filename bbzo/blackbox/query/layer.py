@@ -213,6 +213,7 @@ class QueryLayer:
         stored: dict[str, Response] = {}
         if self.ledger is not None and unique:
             stored = await asyncio.to_thread(self.ledger.answers, list(unique))
+        loaded = set(stored)
         run.advance(list(stored))
         state = self._loop_state()
         if all_or_nothing:
@@ -237,16 +238,21 @@ class QueryLayer:
                 future = state.inflight.pop(key)
                 if not future.done():
                     future.set_result(None)
-        return self._assemble(keys, fresh, stored)
+        return self._assemble(keys, fresh, stored, loaded)
 
     def _assemble(self, keys: list[str], fresh: dict[str, Response],
-                  stored: dict[str, Response]) -> list[Response]:
-        """The first position of a freshly sent key gets its answer; every other is a copy."""
+                  stored: dict[str, Response], loaded: set[str]) -> list[Response]:
+        """The first position of a key freshly sent or ``loaded`` from the ledger gets that
+        answer; every other position gets a copy."""
         out, hits = [], Counter()
         for key in keys:
             if key in fresh:
                 out.append(fresh.pop(key))
                 stored[key] = out[-1]
+            elif key in loaded:  # read from the ledger for this call: already a private copy
+                loaded.discard(key)
+                out.append(stored[key])
+                hits[key] += 1
             else:
                 out.append(dataclasses.replace(stored[key], output=copy.deepcopy(
                     stored[key].output), meta=dict(stored[key].meta), usage=Usage(), cost=0.0,
@@ -269,8 +275,8 @@ class QueryLayer:
         if not isinstance(request, Request):
             raise InputError(f"submit takes bbzo Request objects, got {type(request).__name__}")
         self.target.check(request)
-        if token_bound(request) is None and (self.budget.max_tokens is not None
-                                             or self.budget.max_cost is not None):
+        if (self.budget.max_tokens is not None or self.budget.max_cost is not None) \
+                and token_bound(request) is None:
             raise InputError(f"a {request.kind!r} request without params['max_tokens'] has no "
                              f"token upper bound, so a token or cost budget cannot be kept; "
                              f"set max_tokens")

@@ -39,7 +39,6 @@ answers with it: JSON text with descriptors + the arrays' bytes).
 
 from __future__ import annotations
 
-import copy
 import email.utils
 import functools
 import hashlib
@@ -222,11 +221,10 @@ class Request:
         params_text = canonical_json(first.params) if first.params else ""
         out = [first]
         for row in stacked[1:]:
-            request = copy.copy(first)
-            object.__setattr__(request, "payload", {field: row})
-            object.__setattr__(request, "params", json.loads(params_text) if params_text else {})
-            object.__setattr__(request, "_arrays", (row,))
-            object.__setattr__(request, "_digest", hashlib.sha256(row.data).digest())
+            request = object.__new__(cls)  # a frozen copy of ``first`` with its own row
+            request.__dict__.update(first.__dict__, payload={field: row}, _arrays=(row,),
+                                    params=json.loads(params_text) if params_text else {},
+                                    _digest=hashlib.sha256(row.data).digest())
             out.append(request)
         return out
 

@@ -298,7 +298,11 @@ class QueryLayer:
     def _make_job(self, keys: list[str], requests: list[Request]) -> _Job:
         """Size a job: tokens for the limiter and the budget (an upper bound when max_tokens is
         set, so a tokens-per-minute limit holds for the real usage; else an estimate) and the
-        dollar upper bound. The limiter is corrected to the real usage after the reply."""
+        dollar upper bound. The limiter is corrected to the real usage after the reply.
+        Without a tokens-per-minute limit or a token/cost budget to keep, nothing is sized."""
+        if self.limiter.limits.tpm is None and self.budget.max_tokens is None \
+                and self.budget.max_cost is None:
+            return _Job(keys, requests, 0, 0.0)
         bound, cost_bound = 0, 0.0
         for request in requests:
             total = token_bound(request)

@@ -315,16 +315,20 @@ class Ledger:
         return request.array_bytes() if self.store_payloads else None
 
     def _clean_many(self, texts: list[str]) -> list[str]:
-        """``_clean`` of each text, in one pass over their newline-joined concatenation (JSON
-        text holds no raw newline); one by one if a text has a newline or a mask crossed one."""
-        joined = "\n".join(texts)
-        if len(texts) > 1 and joined.count("\n") == len(texts) - 1:
+        """``_clean`` of each text. Each distinct text is cleaned once (the rows of a dense batch
+        share their JSON), in one pass over the newline-joined distinct texts (JSON text holds
+        no raw newline); one by one if a text has a newline or a mask crossed one."""
+        distinct = list(dict.fromkeys(texts))
+        joined = "\n".join(distinct)
+        if len(distinct) > 1 and joined.count("\n") == len(distinct) - 1:
             clean, n = redact_text(joined)
             parts = clean.split("\n")
-            if len(parts) == len(texts):
+            if len(parts) == len(distinct):
                 self._note_redactions(n)
-                return parts
-        return [self._clean(text) for text in texts]
+                cleaned = dict(zip(distinct, parts, strict=True))
+                return [cleaned[text] for text in texts]
+        cleaned = {text: self._clean(text) for text in distinct}
+        return [cleaned[text] for text in texts]
 
     def _clean(self, text: str) -> str:
         clean, n = redact_text(text)

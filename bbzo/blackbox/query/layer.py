@@ -12,7 +12,8 @@ been charged, and the audit should show it); a local call costs nothing, so its 
 only write: one transaction per target call.
 
 Local targets (``target.remote`` False) are called in batches of up to ``target.max_batch``
-in a worker thread; remote targets get one ``await target.acall(request)`` per request.
+in a worker thread (the layer keeps its workers across submits); remote targets get one
+``await target.acall(request)`` per request.
 
 When a request fails for good (permanent error, retries or budget exhausted), requests not yet
 sent are cancelled, calls already in flight are allowed to finish and are recorded (their answers
@@ -167,6 +168,10 @@ class QueryLayer:
         self.storm = StormWatch(self.retry, f"target {target.id}", on_warning)
         self.stats = LayerStats()
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Worker threads for ledger I/O and local batches, kept across submits (every blocking
+        # ``submit`` runs a new event loop, whose own default pool would start new threads).
+        self._workers = concurrent.futures.ThreadPoolExecutor(
+            concurrency + 1, thread_name_prefix=f"bbzo-query-{target.id}")
         if target.remote and self.budget.max_cost is not None \
                 and self.prices.price(self.model) is None:
             raise InputError(f"no price for model {self.model!r}, so a cost budget cannot be "
@@ -212,7 +217,7 @@ class QueryLayer:
         self.stats.requests += len(requests)
         stored: dict[str, Response] = {}
         if self.ledger is not None and unique:
-            stored = await asyncio.to_thread(self.ledger.answers, list(unique))
+            stored = await self._in_thread(self.ledger.answers, list(unique))
         loaded = set(stored)
         run.advance(list(stored))
         state = self._loop_state()
@@ -395,7 +400,7 @@ class QueryLayer:
         try:
             if not job.began:
                 if self.ledger is not None and self.target.remote:
-                    await asyncio.to_thread(self.ledger.begin, self.target.id,
+                    await self._in_thread(self.ledger.begin, self.target.id,
                                             job.pairs)
                 job.began = True
             self.stats.attempts += 1
@@ -418,7 +423,7 @@ class QueryLayer:
         self.stats.tokens += tokens
         self.stats.cost += cost
         if self.ledger is not None:
-            responses = await asyncio.to_thread(
+            responses = await self._in_thread(
                 self.ledger.record, self.target.id,
                 list(zip(job.keys, job.requests, responses, strict=True)), k)
         return responses
@@ -428,12 +433,16 @@ class QueryLayer:
         if self.target.remote:
             responses = [await self.target.acall(requests[0])]
         else:
-            responses = await asyncio.to_thread(self.target.call, requests)
+            responses = await self._in_thread(self.target.call, requests)
         if not isinstance(responses, list) or len(responses) != len(requests) \
                 or not all(isinstance(r, Response) for r in responses):
             raise TargetError(f"target {self.target.id} must answer {len(requests)} request(s) "
                               f"with a list of as many Response objects")
         return responses
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a worker thread, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
     def _on_transient(self, err: TransientError) -> None:
         if err.status == 429:

@@ -1,7 +1,8 @@
 """Query layer: the one road every request takes to a target (ledger, budget, limits, retries).
 
 ``Request``, ``Response`` and ``Usage`` live in ``bbzo.blackbox.protocol`` (the bottom module
-that targets and the query layer both import) and are re-exported here.
+that targets and the query layer both import) and are re-exported here. ``LayerObjective`` /
+``as_objective`` turn a layer into the engine's batched objective (rows sent as dense requests).
 """
 
 from bbzo.blackbox.protocol import Request, Response, Usage, error_for_status, parse_retry_after

@@ -6,9 +6,9 @@
    inputs through the same target (``target.call`` on prebuilt requests) and vs the bare module
    (forward + softmax). Target: <= 1.2x the raw target call.
 2. The same batch again, answered from the ledger (time per request).
-3. Ledger bytes per request and client time per request for the same requests built as JSON
-   nested lists (the path before dense requests) vs dense (payload bytes not stored, the
-   default) vs dense with ``store_payloads=True``.
+3. Ledger bytes per request and wall time per request (building, keying, the model, the
+   ledger) for the same requests built as JSON nested lists (the path before dense requests)
+   vs dense (payload bytes not stored, the default) vs dense with ``store_payloads=True``.
 
 The black box is the small CNN of ``bench/engine.py`` on 1×28×28 inputs.
 
@@ -88,7 +88,7 @@ def bench_overhead(target: TorchClassifier, folder: Path, reps: int, device: str
 
 
 def bench_ledger_size(target: TorchClassifier, folder: Path, n: int) -> dict:
-    """Bytes per request and client seconds per request: JSON lists vs dense payloads."""
+    """Ledger bytes and wall milliseconds per request: JSON lists vs dense payloads."""
     images = np.random.default_rng(1).random((n, *SHAPE), dtype=np.float32)
     forms = {
         "json": (lambda x: Request("classify", {"inputs": x[None].tolist()}), {}),
@@ -138,7 +138,7 @@ def main() -> None:
           f"bare module {1e3 * o['module_s']:.1f} ms -> {o['layer_over_target']:.3f}x the "
           f"target call (target <= 1.2x), {o['layer_over_module']:.3f}x the module")
     print(f"[2] the same batch from the ledger: {o['cached_us_per_request']:.0f} us/request")
-    print("[3] ledger bytes and client time per request:")
+    print("[3] ledger bytes and wall time per request (model included):")
     for name in ("json", "dense", "dense_stored"):
         print(f"    {name:13s} {size[name]['bytes_per_request']:9.0f} B  "
               f"{size[name]['ms_per_request']:.3f} ms")

@@ -96,6 +96,12 @@ def dumps_dense(obj: Any, *, canonical: bool = False) -> tuple[str, list[np.ndar
     bytes of the arrays, which come back in that order). ``canonical``: sorted keys and no
     NaN/inf (what request keys need). Raises ``InputError`` on other non-JSON data. Arrays are
     not copied."""
+    return dumps_dense_many([obj], canonical=canonical)[0]
+
+
+def dumps_dense_many(objs: list[Any], *,
+                     canonical: bool = False) -> list[tuple[str, list[np.ndarray]]]:
+    """``dumps_dense`` of each of ``objs``, with one JSON encoder for them all."""
     arrays: list[np.ndarray] = []
     offset = 0
 
@@ -110,13 +116,17 @@ def dumps_dense(obj: Any, *, canonical: bool = False) -> tuple[str, list[np.ndar
         offset += array.nbytes
         return described
 
-    try:
-        text = json.dumps(obj, sort_keys=canonical, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=not canonical, default=describe)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"expected JSON data (str, numbers, lists, dicts) or numeric numpy "
-                         f"arrays / torch tensors: {err}") from None
-    return text, arrays
+    encoder = json.JSONEncoder(sort_keys=canonical, separators=(",", ":"), ensure_ascii=False,
+                               allow_nan=not canonical, default=describe)
+    out = []
+    for obj in objs:
+        arrays, offset = [], 0
+        try:
+            out.append((encoder.encode(obj), arrays))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"expected JSON data (str, numbers, lists, dicts) or numeric numpy "
+                             f"arrays / torch tensors: {err}") from None
+    return out
 
 
 def _join_arrays(tree: Any, arrays: dict[int, np.ndarray]) -> Any:

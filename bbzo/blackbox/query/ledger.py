@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bbzo.blackbox.protocol import Request, Response, Usage, dumps_dense, loads_dense
+from bbzo.blackbox.protocol import Request, Response, Usage, dumps_dense_many, loads_dense
 from bbzo.errors import InputError, TargetError
 from bbzo.redaction import redact_text
 
@@ -218,13 +218,12 @@ class Ledger:
                attempts: int) -> list[Response]:
         """Commit answers (``ok`` rows); return them as a resumed run would read them back."""
         now = time.time()
-        dumped = []
-        for _, _, response in items:
-            try:
-                dumped.append(dumps_dense({"output": response.output, "meta": response.meta}))
-            except InputError as err:
-                raise TargetError(f"target {target_id} returned an answer that cannot be stored "
-                                  f"({err})") from None
+        try:
+            dumped = dumps_dense_many([{"output": response.output, "meta": response.meta}
+                                       for _, _, response in items])
+        except InputError as err:
+            raise TargetError(f"target {target_id} returned an answer that cannot be stored "
+                              f"({err})") from None
         target = self._clean(target_id)
         answers = self._clean_many([text for text, _ in dumped])
         requests = self._clean_many([request.to_json() for _, request, _ in items])

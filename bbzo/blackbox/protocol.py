@@ -2,9 +2,20 @@
 in, ``Response`` out) and how an HTTP status becomes an error. ``targets`` and ``query`` both
 import this module and it imports neither.
 
-A request is plain JSON data, frozen at creation: its canonical key (the ledger's primary key)
-is computed once from a canonical JSON dump, so later mutation of the caller's dicts cannot
-change it (one popular client computed keys on mutated messages and missed its own cache).
+A request is frozen at creation: its canonical key (the ledger's primary key) is computed once,
+so later mutation of the caller's dicts or arrays cannot change it (one popular client computed
+keys on mutated messages and missed its own cache).
+
+Two forms of payload:
+- *JSON*: plain JSON data; the key is sha256 of the target id and the canonical JSON dump.
+- *dense*: JSON data holding numpy arrays or torch tensors (any bool/int/float dtype; bfloat16 is
+  widened to float32) anywhere a JSON value may go, e.g. ``{"inputs": image}``. Each array is
+  copied (C order, little-endian, read-only numpy) and replaced in the canonical dump by a
+  descriptor ``{"$array": {"at": byte offset, "dtype": "<f4", "shape": [...]}}``; the key is
+  sha256 of the target id, that dump and a sha256 of the arrays' raw bytes. No array is ever
+  turned into JSON numbers, so a numpy array and a CPU torch tensor with the same dtype, shape
+  and values give the same key, and changing one element, the dtype or the shape changes it.
+  ``payload`` hands targets the numpy copies.
 
 Kinds of request (a target declares which it supports in ``capabilities``):
 
@@ -15,26 +26,37 @@ Kinds of request (a target declares which it supports in ``capabilities``):
 | ``option_loglik`` | ``prompt``, ``options`` | ``{"loglik": [float], "ntokens": [int]}`` |
 | ``generate`` | ``prompt`` or ``messages`` | ``{"text"}`` |
 | ``embed`` | ``texts`` | ``{"embeddings": [[float]]}`` |
-| ``classify`` | ``inputs`` (nested lists) | ``{"probs": [[float]]}`` |
+| ``classify`` | ``inputs``: nested lists, or an array (dense), | ``{"probs": [[float]]}``, or a |
+| | shaped (n, *input_shape) | float64 array (n, classes) for a dense request |
 
 ``params`` holds generation settings (``max_tokens``, ``temperature``, ``top_logprobs``, ``seed``,
 ``chat_template``...). ``sample`` distinguishes repeated draws of one stochastic request: the
 same request with the same sample index is answered from the ledger, a new index is a new draw.
+
+``dumps_dense`` / ``loads_dense`` are the codec for JSON with arrays (the ledger stores dense
+answers with it: JSON text with descriptors + the arrays' bytes).
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
+import itertools
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from bbzo.errors import InputError, PermanentError, TargetError, TransientError
 
 KINDS = ("chat", "letter_logprobs", "option_loglik", "generate", "embed", "classify")
+ARRAY_TAG = "$array"
+_DENSE_KINDS = "biuf"  # numpy dtype kinds a dense array may have: bool, int, uint, float
 
 
 def canonical_json(obj: Any) -> str:
@@ -47,13 +69,118 @@ def canonical_json(obj: Any) -> str:
             from None
 
 
-@dataclass(frozen=True)
+def as_dense(value: Any, *, copy: bool = False) -> np.ndarray | None:
+    """``value`` as a C-ordered little-endian numpy array if it is a numpy array or a torch
+    tensor (bfloat16 widened to float32), else None; ``copy`` gives a read-only private copy."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        value = tensor.resolve_conj().resolve_neg().cpu().numpy()
+    elif not isinstance(value, np.ndarray):
+        return None
+    if value.dtype.kind not in _DENSE_KINDS:
+        raise InputError(f"arrays in requests and answers must hold bool, int or float numbers, "
+                         f"got dtype {value.dtype}; convert it first")
+    dtype = value.dtype.newbyteorder("<")
+    if copy:
+        value = np.array(value, dtype=dtype, order="C", copy=True)
+        value.flags.writeable = False
+        return value
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def dumps_dense(obj: Any, *, canonical: bool = False) -> tuple[str, list[np.ndarray]]:
+    """JSON text of ``obj`` with every array replaced by a descriptor
+    ``{"$array": {"at", "dtype", "shape"}}`` (``at``: byte offset in the concatenated raw
+    bytes of the arrays, which come back in that order). ``canonical``: sorted keys and no
+    NaN/inf (what request keys need). Raises ``InputError`` on other non-JSON data. Arrays are
+    not copied."""
+    return dumps_dense_many([obj], canonical=canonical)[0]
+
+
+def dumps_dense_many(objs: list[Any], *,
+                     canonical: bool = False) -> list[tuple[str, list[np.ndarray]]]:
+    """``dumps_dense`` of each of ``objs``, with one JSON encoder for them all."""
+    arrays: list[np.ndarray] = []
+    offset = 0
+
+    def describe(value: Any) -> dict:
+        nonlocal offset
+        array = as_dense(value)
+        if array is None:
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        arrays.append(array)
+        described = {ARRAY_TAG: {"at": offset, "dtype": array.dtype.str,
+                                 "shape": list(array.shape)}}
+        offset += array.nbytes
+        return described
+
+    encoder = json.JSONEncoder(sort_keys=canonical, separators=(",", ":"), ensure_ascii=False,
+                               allow_nan=not canonical, default=describe)
+    out = []
+    for obj in objs:
+        arrays, offset = [], 0
+        try:
+            out.append((encoder.encode(obj), arrays))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"expected JSON data (str, numbers, lists, dicts) or numeric numpy "
+                             f"arrays / torch tensors: {err}") from None
+    return out
+
+
+def _join_arrays(tree: Any, arrays: dict[int, np.ndarray]) -> Any:
+    """``tree`` (parsed ``dumps_dense`` JSON) with each descriptor replaced by ``arrays[at]``."""
+    if isinstance(tree, dict):
+        if len(tree) == 1 and ARRAY_TAG in tree:
+            return arrays[tree[ARRAY_TAG]["at"]]
+        return {k: _join_arrays(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_arrays(v, arrays) for v in tree]
+    return tree
+
+
+def loads_dense(text: str, data: bytes | None) -> Any:
+    """Inverse of ``dumps_dense``: parse ``text`` and read each descriptor's array (a writable
+    copy) from ``data``, the concatenated raw bytes; ``data=None`` means plain JSON."""
+    if data is None:
+        return json.loads(text)
+    skeleton = _skeleton(text) if len(text) <= _SKELETON_CACHE_CHARS else json.loads(text)
+    return _rebuild(skeleton, data)
+
+
+_SKELETON_CACHE_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _skeleton(text: str) -> Any:
+    """Parsed JSON of a short dense text (answers of one target share a few); never mutated:
+    ``_rebuild`` makes fresh containers."""
+    return json.loads(text)
+
+
+def _rebuild(node: Any, data: bytes) -> Any:
+    """A fresh copy of ``node`` with each descriptor replaced by its array read from ``data``."""
+    if isinstance(node, dict):
+        spec = node.get(ARRAY_TAG) if len(node) == 1 else None
+        if isinstance(spec, dict):
+            shape = spec["shape"]
+            return np.frombuffer(data, np.dtype(spec["dtype"]), math.prod(shape),
+                                 spec["at"]).reshape(shape).copy()
+        return {key: _rebuild(value, data) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_rebuild(value, data) for value in node]
+    return node
+
+
+@dataclass(frozen=True, eq=False)
 class Request:
-    """One query for a target.
+    """One query for a target. Equal requests are those with equal canonical keys.
 
     Attributes:
         kind: one of ``KINDS``.
-        payload: the inputs (see the module table); JSON data.
+        payload: the inputs (see the module table); JSON data, or JSON data holding arrays
+            (a dense request; targets receive read-only numpy copies).
         params: generation settings; JSON data.
         sample: index of this draw among repeated draws of the same request.
     """
@@ -62,7 +189,9 @@ class Request:
     payload: dict
     params: dict = field(default_factory=dict)
     sample: int = 0
-    _frozen: str = field(default="", repr=False, compare=False)
+    _frozen: str = field(default="", repr=False)
+    _arrays: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    _digest: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,21 +199,74 @@ class Request:
                              f"{', '.join(KINDS)}")
         if not isinstance(self.sample, int) or self.sample < 0:
             raise InputError(f"sample must be a non-negative integer, got {self.sample!r}")
-        frozen = canonical_json({"kind": self.kind, "payload": self.payload,
-                                 "params": self.params, "sample": self.sample})
+        body = {"kind": self.kind, "payload": self.payload, "params": self.params,
+                "sample": self.sample}
+        frozen, arrays = dumps_dense(body, canonical=True)  # == canonical_json without arrays
         object.__setattr__(self, "_frozen", frozen)
         # Keep our own copies so the caller's later edits cannot reach the request.
         data = json.loads(frozen)
+        if arrays:
+            owned = [as_dense(array, copy=True) for array in arrays]
+            digest = hashlib.sha256()
+            for array in owned:
+                digest.update(array.data)
+            object.__setattr__(self, "_arrays", tuple(owned))
+            object.__setattr__(self, "_digest", digest.digest())
+            offsets = itertools.accumulate((a.nbytes for a in owned[:-1]), initial=0)
+            data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
         object.__setattr__(self, "payload", data["payload"])
         object.__setattr__(self, "params", data["params"])
 
+    @classmethod
+    def dense_batch(cls, kind: str, field: str, rows: Any, params: dict | None = None,
+                    sample: int = 0) -> list[Request]:
+        """``[Request(kind, {field: row}, params, sample) for row in rows]`` (same keys) for an
+        array or tensor ``rows`` (n, ...), in one pass: rows are copied together and the JSON
+        part is dumped once, so each request costs little more than hashing its row."""
+        stacked = as_dense(rows, copy=True)
+        if stacked is None or stacked.ndim < 1 or len(stacked) == 0:
+            raise InputError(f"rows must be a non-empty numpy array or torch tensor (n, ...), "
+                             f"got {type(rows).__name__}")
+        first = cls(kind, {field: stacked[0]}, params or {}, sample)
+        params_text = canonical_json(first.params) if first.params else ""
+        out = [first]
+        for row in stacked[1:]:
+            request = object.__new__(cls)  # a frozen copy of ``first`` with its own row
+            request.__dict__.update(first.__dict__, payload={field: row}, _arrays=(row,),
+                                    params=json.loads(params_text) if params_text else {},
+                                    _digest=hashlib.sha256(row.data).digest())
+            out.append(request)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (self._frozen, self._digest) == (other._frozen, other._digest)
+
+    def __hash__(self) -> int:
+        return hash((self._frozen, self._digest))
+
+    @property
+    def dense(self) -> bool:
+        """True when the payload holds arrays (keyed by their bytes, not by JSON)."""
+        return bool(self._arrays)
+
     def key(self, target_id: str) -> str:
-        """The ledger key: sha256 of the target's id and the canonical request (hex)."""
-        return hashlib.sha256(f"{target_id}\n{self._frozen}".encode()).hexdigest()
+        """The ledger key: sha256 of the target's id and the canonical request (hex); for a
+        dense request, also of the sha256 of its arrays' bytes."""
+        h = hashlib.sha256(f"{target_id}\n{self._frozen}".encode())
+        if self._digest:  # NUL never occurs in canonical JSON, so the forms cannot collide
+            h.update(b"\0" + self._digest)
+        return h.hexdigest()
 
     def to_json(self) -> str:
-        """The canonical JSON text of the request (what the ledger stores)."""
+        """The canonical JSON text of the request (what the ledger stores); a dense request's
+        arrays appear as descriptors (offset, dtype, shape), their bytes in ``array_bytes``."""
         return self._frozen
+
+    def array_bytes(self) -> bytes | None:
+        """The raw bytes of a dense request's arrays, concatenated (None for a JSON request)."""
+        return b"".join(a.tobytes() for a in self._arrays) if self._arrays else None
 
 
 @dataclass

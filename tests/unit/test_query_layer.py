@@ -394,3 +394,18 @@ def test_price_table(tmp_path):
     assert PriceTable.from_json(path).cost("gpt-4o", Usage(2_000_000, 1_000_000)) == 5.0
     with pytest.raises(InputError, match="non-negative"):
         PriceTable({"m": (-1, 2)})
+
+
+def test_all_or_nothing_refuses_a_batch_that_does_not_fit_whole(tmp_path):
+    target = Arith()
+    ledger = Ledger(tmp_path / "l.sqlite")
+    layer = QueryLayer(target, ledger=ledger, budget=Budget(max_queries=6))
+    old = [Request("classify", {"inputs": [i]}) for i in range(4)]
+    layer.submit(old)
+    new = [Request("classify", {"inputs": [10 + i]}) for i in range(3)]
+    with pytest.raises(BudgetExceeded, match="3 new queries"):
+        layer.submit(old + new, all_or_nothing=True)  # 3 new, 2 left: none sent
+    assert (layer.budget.queries, sum(target.batches), ledger.summary().requests) == (4, 4, 4)
+    out = layer.submit(old + new[:2], all_or_nothing=True)  # the 4 old ones are free
+    assert [r.cached for r in out] == [True] * 4 + [False] * 2
+    assert layer.budget.queries == 6

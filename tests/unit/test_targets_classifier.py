@@ -214,3 +214,27 @@ def test_http_unreachable_is_transient():
     probe.server_close()  # nothing listens on this port now
     with pytest.raises(TransientError, match="unreachable"):
         HTTPClassifier(f"http://127.0.0.1:{port}/ok", timeout=2).call([classify(X)])
+
+
+def test_dense_requests_go_to_the_module_as_one_stacked_batch(arch):
+    t = load_target(f"torch:{arch}:make", device="cpu")
+    shapes = []
+    t.module.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape))
+    dense = [Request("classify", {"inputs": X[:2].astype(np.float32)}),
+             Request("classify", {"inputs": torch.tensor(X[2:], dtype=torch.float64)})]
+    replies = t.call(dense)
+    assert shapes == [(5, 4)]  # one forward pass over both requests
+    probs = [r.output["probs"] for r in replies]
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.float64 for p in probs)
+    assert [p.shape for p in probs] == [(2, 3), (3, 3)]
+    assert np.allclose(np.concatenate(probs), probs_of(t), atol=1e-6)  # same as JSON lists
+
+
+def test_http_classifier_sends_dense_requests_as_json(server):
+    t = HTTPClassifier(f"{server}/ok", timeout=5)
+    before = Handler.posts
+    replies = t.call([Request("classify", {"inputs": X[:2]}),
+                      Request("classify", {"inputs": torch.tensor(X[2:])})])
+    assert Handler.posts == before + 1
+    got = np.concatenate([r.output["probs"] for r in replies])
+    assert np.allclose(got, softmax(X @ W), atol=1e-6)

@@ -6,10 +6,14 @@ otherwise sent once even if it appears several times or is already in flight in 
 the rate limiter (rpm/tpm over a sliding minute), the budget (an upper bound on queries, tokens
 and dollars reserved before sending, settled to the true usage after; a request the budget
 refuses waits for unsettled reservations and fails only if it still does not fit), the retry
-policy, and finally the ledger, which commits the answer before it is handed back.
+policy, and finally the ledger, which commits the answer before it is handed back. A remote
+call's requests are first written as ``pending`` rows (a call cut off by a crash may still have
+been charged, and the audit should show it); a local call costs nothing, so its answers are the
+only write: one transaction per target call.
 
 Local targets (``target.remote`` False) are called in batches of up to ``target.max_batch``
-in a worker thread; remote targets get one ``await target.acall(request)`` per request.
+in a worker thread (the layer keeps its workers across submits); remote targets get one
+``await target.acall(request)`` per request.
 
 When a request fails for good (permanent error, retries or budget exhausted), requests not yet
 sent are cancelled, calls already in flight are allowed to finish and are recorded (their answers
@@ -164,25 +168,44 @@ class QueryLayer:
         self.storm = StormWatch(self.retry, f"target {target.id}", on_warning)
         self.stats = LayerStats()
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Worker threads for ledger I/O and local batches, kept across submits (every blocking
+        # ``submit`` runs a new event loop, whose own default pool would start new threads).
+        self._workers = concurrent.futures.ThreadPoolExecutor(
+            concurrency + 1, thread_name_prefix=f"bbzo-query-{target.id}")
         if target.remote and self.budget.max_cost is not None \
                 and self.prices.price(self.model) is None:
             raise InputError(f"no price for model {self.model!r}, so a cost budget cannot be "
                              f"enforced; add its price (PriceTable / a price file)")
 
-    def submit(self, requests: Sequence[Request]) -> list[Response]:
+    def submit(self, requests: Sequence[Request], *,
+               all_or_nothing: bool = False) -> list[Response]:
         """Blocking ``asubmit``. Inside a running event loop (a notebook, an async app) it runs
         on a helper thread with its own loop and blocks the caller's loop until done; there,
         prefer ``await layer.asubmit(...)``."""
+        answers: list[Response] = []
+
+        async def main() -> None:
+            # The task returns None: asyncio.run's SIGINT bookkeeping formats the main task's
+            # repr, result included, and the repr of 256 answers holding arrays costs ~50 ms.
+            answers.extend(await self.asubmit(requests, all_or_nothing=all_or_nothing))
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.asubmit(requests))
+            asyncio.run(main())
+            return answers
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self.asubmit(requests)).result()
+            pool.submit(asyncio.run, main()).result()
+        return answers
 
-    async def asubmit(self, requests: Sequence[Request]) -> list[Response]:
+    async def asubmit(self, requests: Sequence[Request], *,
+                      all_or_nothing: bool = False) -> list[Response]:
         """Answers to ``requests``, in order. Answers not paid for in this call (ledger hits,
         duplicates) have ``cached=True``, ``cost=0`` and zero usage.
+
+        ``all_or_nothing``: when the query budget cannot cover every request this call would
+        send (ledger hits and duplicates are free), raise ``BudgetExceeded`` sending none of
+        them (as an objective refuses a whole batch); by default as many are sent as fit.
 
         Raises ``InputError`` (bad request, before anything is sent), ``PermanentError``,
         ``TargetError`` (retries exhausted) or ``BudgetExceeded``; answers that came back before
@@ -194,9 +217,13 @@ class QueryLayer:
         self.stats.requests += len(requests)
         stored: dict[str, Response] = {}
         if self.ledger is not None and unique:
-            stored = await asyncio.to_thread(self.ledger.answers, list(unique))
+            stored = await self._in_thread(self.ledger.answers, list(unique))
+        loaded = set(stored)
         run.advance(list(stored))
         state = self._loop_state()
+        if all_or_nothing:
+            self._afford([key for key in unique if key not in stored
+                          and key not in state.inflight])
         owned, waits = [], []
         for key in unique:
             if key in stored:
@@ -216,16 +243,21 @@ class QueryLayer:
                 future = state.inflight.pop(key)
                 if not future.done():
                     future.set_result(None)
-        return self._assemble(keys, fresh, stored)
+        return self._assemble(keys, fresh, stored, loaded)
 
     def _assemble(self, keys: list[str], fresh: dict[str, Response],
-                  stored: dict[str, Response]) -> list[Response]:
-        """The first position of a freshly sent key gets its answer; every other is a copy."""
+                  stored: dict[str, Response], loaded: set[str]) -> list[Response]:
+        """The first position of a key freshly sent or ``loaded`` from the ledger gets that
+        answer; every other position gets a copy."""
         out, hits = [], Counter()
         for key in keys:
             if key in fresh:
                 out.append(fresh.pop(key))
                 stored[key] = out[-1]
+            elif key in loaded:  # read from the ledger for this call: already a private copy
+                loaded.discard(key)
+                out.append(stored[key])
+                hits[key] += 1
             else:
                 out.append(dataclasses.replace(stored[key], output=copy.deepcopy(
                     stored[key].output), meta=dict(stored[key].meta), usage=Usage(), cost=0.0,
@@ -236,12 +268,20 @@ class QueryLayer:
             self.ledger.note_hits(hits)
         return out
 
+    def _afford(self, keys: list[str]) -> None:
+        """Raise ``BudgetExceeded`` unless the query budget covers sending all of ``keys``."""
+        if keys and not self.budget.can_afford(queries=len(keys)):
+            raise BudgetExceeded(f"query budget exhausted: {self.budget.queries} of "
+                                 f"{self.budget.max_queries} used, this batch needs {len(keys)} "
+                                 f"new queries (answers already in the ledger are free)",
+                                 nqueries=self.budget.queries)
+
     def _check(self, request: Request) -> str:
         if not isinstance(request, Request):
             raise InputError(f"submit takes bbzo Request objects, got {type(request).__name__}")
         self.target.check(request)
-        if token_bound(request) is None and (self.budget.max_tokens is not None
-                                             or self.budget.max_cost is not None):
+        if (self.budget.max_tokens is not None or self.budget.max_cost is not None) \
+                and token_bound(request) is None:
             raise InputError(f"a {request.kind!r} request without params['max_tokens'] has no "
                              f"token upper bound, so a token or cost budget cannot be kept; "
                              f"set max_tokens")
@@ -263,7 +303,11 @@ class QueryLayer:
     def _make_job(self, keys: list[str], requests: list[Request]) -> _Job:
         """Size a job: tokens for the limiter and the budget (an upper bound when max_tokens is
         set, so a tokens-per-minute limit holds for the real usage; else an estimate) and the
-        dollar upper bound. The limiter is corrected to the real usage after the reply."""
+        dollar upper bound. The limiter is corrected to the real usage after the reply.
+        Without a tokens-per-minute limit or a token/cost budget to keep, nothing is sized."""
+        if self.limiter.limits.tpm is None and self.budget.max_tokens is None \
+                and self.budget.max_cost is None:
+            return _Job(keys, requests, 0, 0.0)
         bound, cost_bound = 0, 0.0
         for request in requests:
             total = token_bound(request)
@@ -355,8 +399,8 @@ class QueryLayer:
         n = len(job.requests)
         try:
             if not job.began:
-                if self.ledger is not None:
-                    await asyncio.to_thread(self.ledger.begin, self.target.id,
+                if self.ledger is not None and self.target.remote:
+                    await self._in_thread(self.ledger.begin, self.target.id,
                                             job.pairs)
                 job.began = True
             self.stats.attempts += 1
@@ -379,7 +423,7 @@ class QueryLayer:
         self.stats.tokens += tokens
         self.stats.cost += cost
         if self.ledger is not None:
-            responses = await asyncio.to_thread(
+            responses = await self._in_thread(
                 self.ledger.record, self.target.id,
                 list(zip(job.keys, job.requests, responses, strict=True)), k)
         return responses
@@ -389,12 +433,16 @@ class QueryLayer:
         if self.target.remote:
             responses = [await self.target.acall(requests[0])]
         else:
-            responses = await asyncio.to_thread(self.target.call, requests)
+            responses = await self._in_thread(self.target.call, requests)
         if not isinstance(responses, list) or len(responses) != len(requests) \
                 or not all(isinstance(r, Response) for r in responses):
             raise TargetError(f"target {self.target.id} must answer {len(requests)} request(s) "
                               f"with a list of as many Response objects")
         return responses
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a worker thread, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
     def _on_transient(self, err: TransientError) -> None:
         if err.status == 429:

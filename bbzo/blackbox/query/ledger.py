@@ -1,10 +1,24 @@
 """The ledger: one SQLite file per run holding every request and its answer.
 
 One row per canonical request key (``Request.key(target.id)``). A row goes ``pending`` (written
-before the request is sent, so an audit can see what was in flight when a run died) and then
+before a remote request is sent, so an audit can see what was in flight when a run died) and then
 ``ok`` (the answer, committed before it is handed back) or ``error`` (kept for the record, never
 served as an answer: a failed request is sent again on resume). Repeated queries are answered
 from ``ok`` rows at no cost and counted in the ``hits`` column.
+
+Schema (table ``queries``, ``PRAGMA user_version`` 2): ``key`` (primary key), ``target``,
+``kind``, ``request`` (canonical JSON; a dense request's arrays appear as descriptors with
+dtype and shape), ``request_arrays`` (BLOB: the arrays' raw bytes, only with
+``store_payloads=True``, else NULL), ``status``, ``response`` (JSON of ``{"output", "meta"}``,
+arrays as descriptors), ``response_arrays`` (BLOB: raw bytes of the answer's arrays, e.g. the
+float64 class probabilities of a dense ``classify``; NULL for plain JSON answers), ``error``,
+``prompt_tokens``, ``completion_tokens``, ``cost``, ``latency_s``, ``attempts``, ``hits``,
+``created_at``, ``updated_at``. A v1 file (no BLOB columns) gains them on open.
+
+Writes are batched: ``begin``, ``record``, ``record_error`` and ``note_hits`` each commit their
+whole list of rows in one transaction. The query layer calls ``begin`` (remote targets only) and
+``record`` once per target call and ``note_hits`` once per submit, so a batch of 256 dense
+requests to a local classifier is one commit (a 1×28×28 image's row is ~600 bytes).
 
 Durability: WAL journal with ``synchronous=FULL``. A commit is in the WAL file before
 ``commit()`` returns, so a process killed with SIGKILL right after keeps it; FULL also fsyncs
@@ -19,7 +33,6 @@ Thread-safe: one connection behind a lock (the query layer writes from worker th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -30,21 +43,23 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bbzo.blackbox.protocol import Request, Response, Usage
+from bbzo.blackbox.protocol import Request, Response, Usage, dumps_dense_many, loads_dense
 from bbzo.errors import InputError, TargetError
 from bbzo.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     key TEXT PRIMARY KEY,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
     request TEXT NOT NULL,
+    request_arrays BLOB,
     status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'error')),
     response TEXT,
+    response_arrays BLOB,
     error TEXT,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
@@ -56,6 +71,7 @@ CREATE TABLE IF NOT EXISTS queries (
     updated_at REAL NOT NULL
 )
 """
+_ADDED_IN_V2 = ("request_arrays", "response_arrays")  # BLOB columns a v1 file lacks
 # Columns ``Ledger.summary`` reads; a file without them is not a bbzo ledger.
 _READ_COLUMNS = frozenset({"key", "target", "kind", "status", "error", "prompt_tokens",
                            "completion_tokens", "cost", "latency_s", "attempts", "hits",
@@ -156,10 +172,14 @@ class Ledger:
         path: the SQLite file (created with its parent folder if missing).
         readonly: open an existing ledger for reading only (``open_readonly``): nothing is
             created or changed, and a file that is not a bbzo ledger is refused.
+        store_payloads: also store the raw bytes of dense requests' arrays (images...); by
+            default a dense request's row holds its key, JSON with dtype/shape and the answer.
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False,
+                 store_payloads: bool = False) -> None:
         self.path = Path(path)
+        self.store_payloads = bool(store_payloads)
         self.redactions = 0
         if readonly:
             self._lock = threading.Lock()
@@ -177,6 +197,7 @@ class Ledger:
                 raise InputError(f"ledger {self.path} has schema v{version}; this bbzo reads "
                                  f"v{SCHEMA_VERSION}: upgrade bbzo")
             self._db.execute(_SCHEMA)
+            self._add_v2_columns()
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as err:
             raise InputError(f"{self.path} is not a usable bbzo ledger: {err}") from None
@@ -192,6 +213,13 @@ class Ledger:
         with self._lock:
             self._db.close()
 
+    def _add_v2_columns(self) -> None:
+        """Give a v1 table the BLOB columns of v2 (NULL in old rows: plain JSON)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}
+        for column in _ADDED_IN_V2:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} BLOB")
+
     @contextmanager
     def _write(self) -> Iterator[None]:
         """One committed transaction, under the lock."""
@@ -206,17 +234,18 @@ class Ledger:
 
     def answers(self, keys: list[str]) -> dict[str, Response]:
         """Stored answers (``ok`` rows) for ``keys``, marked cached and free."""
-        found: dict[str, Response] = {}
+        rows: list[tuple[str, str, bytes | None]] = []
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, response FROM queries WHERE status = 'ok' AND key IN ({marks})",
-                    chunk)
-                for key, text in rows:
-                    data = json.loads(text)
-                    found[key] = Response(output=data["output"], meta=data["meta"], cached=True)
+                rows += self._db.execute(
+                    f"SELECT key, response, response_arrays FROM queries WHERE status = 'ok'"
+                    f" AND key IN ({marks})", chunk).fetchall()
+        found: dict[str, Response] = {}
+        for key, text, data in rows:
+            answer = loads_dense(text, data)
+            found[key] = Response(output=answer["output"], meta=answer["meta"], cached=True)
         return found
 
     def note_hits(self, counts: Mapping[str, int]) -> None:
@@ -228,44 +257,51 @@ class Ledger:
     def begin(self, target_id: str, items: list[tuple[str, Request]]) -> None:
         """Write ``pending`` rows for requests about to be sent (committed on return)."""
         now = time.time()
-        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()), now,
-                 now) for key, request in items]
+        target = self._clean(target_id)
+        texts = self._clean_many([request.to_json() for _, request in items])
+        rows = [(key, target, request.kind, text, self._array_bytes(request), now, now)
+                for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT(key) DO UPDATE SET"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET"
                 " status = 'pending', updated_at = excluded.updated_at WHERE status != 'ok'", rows)
 
     def record(self, target_id: str, items: list[tuple[str, Request, Response]],
                attempts: int) -> list[Response]:
         """Commit answers (``ok`` rows); return them as a resumed run would read them back."""
         now = time.time()
+        try:
+            dumped = dumps_dense_many([{"output": response.output, "meta": response.meta}
+                                       for _, _, response in items])
+        except InputError as err:
+            raise TargetError(f"target {target_id} returned an answer that cannot be stored "
+                              f"({err})") from None
+        target = self._clean(target_id)
+        answers = self._clean_many([text for text, _ in dumped])
+        requests = self._clean_many([request.to_json() for _, request, _ in items])
         rows, out = [], []
-        for key, request, response in items:
-            try:
-                text = json.dumps({"output": response.output, "meta": response.meta},
-                                  ensure_ascii=False)
-            except (TypeError, ValueError) as err:
-                raise TargetError(f"target {target_id} returned an answer that is not JSON data "
-                                  f"({err}); targets must return lists, dicts, str and numbers"
-                                  ) from None
-            text = self._clean(text)
-            data = json.loads(text)
+        for (key, request, response), (_, arrays), text, request_text in zip(
+                items, dumped, answers, requests, strict=True):
+            data = b"".join(a.tobytes() for a in arrays) if arrays else None
+            answer = loads_dense(text, data)
             usage = response.usage
-            rows.append((key, self._clean(target_id), request.kind,
-                         self._clean(request.to_json()), text, usage.prompt_tokens,
-                         usage.completion_tokens, response.cost, response.latency_s, attempts,
-                         now, now))
-            out.append(Response(output=data["output"], usage=Usage(usage.prompt_tokens,
-                                                                   usage.completion_tokens),
+            rows.append((key, target, request.kind, request_text, self._array_bytes(request),
+                         text, data, usage.prompt_tokens, usage.completion_tokens,
+                         response.cost, response.latency_s, attempts, now, now))
+            out.append(Response(output=answer["output"], usage=Usage(usage.prompt_tokens,
+                                                                     usage.completion_tokens),
                                 cost=response.cost, latency_s=response.latency_s,
-                                meta=data["meta"]))
+                                meta=answer["meta"]))
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, response, error,"
-                " prompt_tokens, completion_tokens, cost, latency_s, attempts, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 'ok', ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
+                " response, response_arrays, error, prompt_tokens, completion_tokens, cost,"
+                " latency_s, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET status = 'ok', response = excluded.response,"
+                " response_arrays = excluded.response_arrays,"
                 " error = NULL, prompt_tokens = excluded.prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, cost = excluded.cost,"
                 " latency_s = excluded.latency_s, attempts = attempts + excluded.attempts,"
@@ -278,12 +314,14 @@ class Ledger:
         A row already ``ok`` keeps its answer."""
         now = time.time()
         error = self._clean(error)
-        rows = [(key, self._clean(target_id), request.kind, self._clean(request.to_json()),
-                 error, attempts, now, now) for key, request in items]
+        target = self._clean(target_id)
+        texts = self._clean_many([request.to_json() for _, request in items])
+        rows = [(key, target, request.kind, text, self._array_bytes(request), error, attempts,
+                 now, now) for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, status, error, attempts,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'error', ?, ?, ?, ?)"
+                "INSERT INTO queries (key, target, kind, request, request_arrays, status, error,"
+                " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'error', ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET status = 'error', error = excluded.error,"
                 " attempts = attempts + excluded.attempts, updated_at = excluded.updated_at"
                 " WHERE status != 'ok'", rows)
@@ -325,11 +363,34 @@ class Ledger:
         out.latency_p99_s = _percentile(latencies, 0.99)
         return out
 
+    def _array_bytes(self, request: Request) -> bytes | None:
+        """What ``request_arrays`` holds for ``request``: its arrays' bytes if stored, else None."""
+        return request.array_bytes() if self.store_payloads else None
+
+    def _clean_many(self, texts: list[str]) -> list[str]:
+        """``_clean`` of each text. Each distinct text is cleaned once (the rows of a dense batch
+        share their JSON), in one pass over the newline-joined distinct texts (JSON text holds
+        no raw newline); one by one if a text has a newline or a mask crossed one."""
+        distinct = list(dict.fromkeys(texts))
+        joined = "\n".join(distinct)
+        if len(distinct) > 1 and joined.count("\n") == len(distinct) - 1:
+            clean, n = redact_text(joined)
+            parts = clean.split("\n")
+            if len(parts) == len(distinct):
+                self._note_redactions(n)
+                cleaned = dict(zip(distinct, parts, strict=True))
+                return [cleaned[text] for text in texts]
+        cleaned = {text: self._clean(text) for text in distinct}
+        return [cleaned[text] for text in texts]
+
     def _clean(self, text: str) -> str:
         clean, n = redact_text(text)
+        self._note_redactions(n)
+        return clean
+
+    def _note_redactions(self, n: int) -> None:
         if n:
             if not self.redactions:
                 log.warning("ledger %s: redacted %d secret-looking string(s) before writing",
                             self.path, n)
             self.redactions += n
-        return clean

@@ -1,0 +1,242 @@
+"""Dense requests: keys from array bytes, compact ledger rows, batched commits, the objective."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from bbzo.blackbox.budget import Budget
+from bbzo.blackbox.protocol import Request, dumps_dense, loads_dense
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.ledger import Ledger
+from bbzo.blackbox.query.objective import (
+    LayerObjective,
+    as_objective,
+    class_probability,
+    cross_entropy,
+)
+from bbzo.blackbox.targets.classifier import TorchClassifier
+from bbzo.errors import BudgetExceeded, InputError
+
+SHAPE = (1, 4, 4)
+
+
+class Counting(torch.nn.Module):
+    """A tiny image classifier that records the batch size of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        return self.net(x)
+
+
+def target(max_batch: int = 256) -> TorchClassifier:
+    return TorchClassifier(Counting(), "tiny", device="cpu", max_batch=max_batch)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+def dense(x: np.ndarray) -> Request:
+    return Request("classify", {"inputs": x[None]})
+
+
+# --- keys --------------------------------------------------------------------------------
+
+def test_key_is_stable_across_array_types_and_tracks_bytes_dtype_shape():
+    x = images(1)[0]
+    key = dense(x).key("t")
+    assert Request("classify", {"inputs": torch.from_numpy(x.copy())[None]}).key("t") == key
+    assert Request("classify", {"inputs": np.ascontiguousarray(x[None])}).key("t") == key
+    assert dense(x) == Request("classify", {"inputs": torch.from_numpy(x.copy())[None]})
+
+    changed = x.copy()
+    changed[0, 2, 3] = np.nextafter(changed[0, 2, 3], np.float32(2))  # one element, one ulp
+    others = [dense(changed),
+              Request("classify", {"inputs": x[None].astype(np.float64)}),  # dtype
+              Request("classify", {"inputs": x.reshape(1, 2, 8)[None]}),    # shape
+              Request("classify", {"inputs": x[None]}, {"temperature": 1}),  # JSON part
+              Request("classify", {"inputs": x[None].tolist()})]             # JSON form
+    keys = {key} | {r.key("t") for r in others}
+    assert len(keys) == 1 + len(others)
+    assert dense(x).key("other-target") != key
+
+
+def test_dense_request_is_frozen_and_light():
+    x = images(1)[0][None]
+    request = Request("classify", {"inputs": x, "note": ["a"]})
+    key = request.key("t")
+    x[0, 0, 0, 0] = 7.0  # the caller edits its array afterwards
+    assert request.key("t") == key and request.payload["inputs"][0, 0, 0, 0] != 7.0
+    assert not request.payload["inputs"].flags.writeable
+    assert request.dense and not Request("classify", {"inputs": [[1.0]]}).dense
+    text = request.to_json()
+    assert len(text) < 200 and '"shape":[1,1,4,4]' in text and '"dtype":"<f4"' in text
+    assert request.array_bytes() == request.payload["inputs"].tobytes()
+
+
+def test_dense_batch_builds_the_same_requests_as_one_by_one():
+    rows = torch.from_numpy(images(4)[:, None])  # (4, 1, *SHAPE)
+    batch = Request.dense_batch("classify", "inputs", rows, {"top": [1, 2]})
+    single = [Request("classify", {"inputs": row}, {"top": [1, 2]}) for row in rows]
+    assert [r.key("t") for r in batch] == [r.key("t") for r in single]
+    assert len({r.key("t") for r in batch}) == 4
+    for a, b in zip(batch, single, strict=True):
+        assert np.array_equal(a.payload["inputs"], b.payload["inputs"])
+        assert a.params == b.params and a.array_bytes() == b.array_bytes()
+    batch[1].params["top"].append(3)  # each request owns its params
+    assert batch[2].params == {"top": [1, 2]}
+
+
+@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["a"]), np.array([None])])
+def test_non_numeric_arrays_are_refused(bad):
+    with pytest.raises(InputError, match="dtype"):
+        Request("classify", {"inputs": bad})
+
+
+def test_codec_round_trip_keeps_arrays_and_json():
+    tree = {"probs": np.arange(6, dtype=np.float64).reshape(2, 3), "n": [1, "x"],
+            "ids": torch.tensor([3, 4], dtype=torch.int16), "nested": [{"m": np.ones(2)}]}
+    text, arrays = dumps_dense(tree)
+    back = loads_dense(text, b"".join(a.tobytes() for a in arrays))
+    assert np.array_equal(back["probs"], tree["probs"]) and back["n"] == [1, "x"]
+    assert back["ids"].dtype == np.int16 and back["ids"].tolist() == [3, 4]
+    assert np.array_equal(back["nested"][0]["m"], np.ones(2))
+
+
+# --- ledger ------------------------------------------------------------------------------
+
+def row_of(path, key: str) -> tuple:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT request, request_arrays, response, response_arrays FROM"
+                          " queries WHERE key = ?", (key,)).fetchone()
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_payload_bytes_stored_only_on_request(tmp_path, store):
+    path = tmp_path / "l.sqlite"
+    x = images(1, seed=3)[0]
+    request = dense(x)
+    with Ledger(path, store_payloads=store) as ledger:
+        out = QueryLayer(target(), ledger=ledger).submit([request])[0]
+    text, stored, _, answer = row_of(path, request.key("tiny"))
+    assert '"shape":[1,1,4,4]' in text and len(text) < 200
+    assert answer is not None and len(answer) == 3 * 8  # 3 float64 probabilities
+    blob = b"".join(f.read_bytes() for f in tmp_path.iterdir())
+    if store:
+        assert stored == x.tobytes() and x.tobytes() in blob
+    else:
+        assert stored is None and x.tobytes() not in blob
+    assert isinstance(out.output["probs"], np.ndarray) and out.output["probs"].shape == (1, 3)
+
+
+def test_repeated_dense_request_is_answered_from_the_ledger(tmp_path):
+    path = tmp_path / "l.sqlite"
+    model = target()
+    budget = Budget(max_queries=100)
+    requests = [dense(x) for x in images(6)]
+    first = QueryLayer(model, ledger=Ledger(path), budget=budget).submit(requests)
+    assert budget.queries == 6 and model.module.batches == [6]
+    again = QueryLayer(model, ledger=Ledger(path), budget=budget).submit(
+        [Request("classify", {"inputs": torch.from_numpy(r.payload["inputs"].copy())})
+         for r in requests])
+    assert all(r.cached for r in again) and budget.queries == 6 and model.module.batches == [6]
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.output["probs"], b.output["probs"])
+    assert Ledger(path).summary().cache_hits == 6
+
+
+def test_a_batch_is_a_few_transactions_not_one_per_request(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    layer = QueryLayer(target(), ledger=ledger)
+    requests = [dense(x) for x in images(256)]
+    layer.submit(requests)
+    assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1  # one local call
+    statements.clear()
+    layer.submit(requests)
+    assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1  # the hit counts
+
+
+def test_v1_ledger_gains_the_array_columns_and_keeps_its_answers(tmp_path):
+    path = tmp_path / "old.sqlite"
+    request = Request("generate", {"prompt": "p"}, {"max_tokens": 2})
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE queries (key TEXT PRIMARY KEY, target TEXT NOT NULL, kind TEXT"
+                   " NOT NULL, request TEXT NOT NULL, status TEXT NOT NULL, response TEXT,"
+                   " error TEXT, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens"
+                   " INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0, latency_s REAL,"
+                   " attempts INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL DEFAULT 0,"
+                   " created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+        db.execute("INSERT INTO queries (key, target, kind, request, status, response,"
+                   " created_at, updated_at) VALUES (?, 't', 'generate', ?, 'ok', ?, 0, 0)",
+                   (request.key("t"), request.to_json(), '{"output": {"text": "ok"}, "meta": {}}'))
+        db.execute("PRAGMA user_version=1")
+    with Ledger(path) as ledger:
+        assert ledger.answers([request.key("t")])[request.key("t")].output == {"text": "ok"}
+        x = images(1)[0]
+        ledger.record("t", [(dense(x).key("t"), dense(x),
+                             QueryLayer(target()).submit([dense(x)])[0])], 1)
+        assert ledger.summary().answered == 2
+
+
+# --- the objective adapter ---------------------------------------------------------------
+
+def expected_ce(module: Counting, X: np.ndarray, label: int) -> np.ndarray:
+    with torch.no_grad():
+        p = module.net(torch.from_numpy(X.reshape(-1, *SHAPE))).softmax(-1).double().numpy()
+    return -np.log(p[:, label])
+
+
+def test_objective_counts_sent_and_cached_rows_and_shares_the_budget(tmp_path):
+    model = target()
+    layer = QueryLayer(model, ledger=Ledger(tmp_path / "l.sqlite"), budget=Budget(max_queries=9))
+    fun = LayerObjective(layer, reduce=cross_entropy(2), shape=SHAPE)
+    assert fun.meters_queries and fun.budget is layer.budget
+    X = images(5).reshape(5, -1).astype(np.float64)
+    batch = np.concatenate([X, X[:2]])  # two rows repeated within the batch
+    y = fun(batch)
+    assert isinstance(y, np.ndarray) and y.shape == (7,)
+    assert np.allclose(y, expected_ce(model.module, batch.astype(np.float32), 2), atol=1e-6)
+    assert (fun.nsent, fun.ncached, layer.budget.queries) == (5, 2, 5)
+    assert model.module.batches == [5]  # one stacked forward pass
+
+    t = torch.from_numpy(X[:3])
+    yt = fun(t)  # all in the ledger: free
+    assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float64
+    assert torch.allclose(yt, torch.from_numpy(y[:3]))
+    assert (fun.nsent, fun.ncached, layer.budget.queries) == (5, 5, 5)
+
+    fresh = images(5, seed=1).reshape(5, -1)
+    with pytest.raises(BudgetExceeded):  # 5 new rows, 4 queries left: nothing is sent
+        fun(np.concatenate([X[:2], fresh]))
+    assert (fun.nsent, layer.budget.queries, model.module.batches) == (5, 5, [5])
+    assert layer.ledger.summary().requests == 5
+    fun(np.concatenate([X[:2], fresh[:4]]))  # 4 new rows fit exactly
+    assert (fun.nsent, fun.ncached, layer.budget.queries) == (9, 7, 9)
+
+
+def test_as_objective_wraps_a_target_and_checks_its_arguments(tmp_path):
+    fun = as_objective(target(), reduce=class_probability(1), ledger=Ledger(tmp_path / "l"),
+                       budget=10, shape=SHAPE)
+    y = fun(torch.from_numpy(images(2).reshape(2, -1)))
+    assert y.shape == (2,) and bool(((y > 0) & (y < 1)).all())
+    assert fun.budget.max_queries == 10 and fun.nsent == 2
+    with pytest.raises(InputError, match="already has"):
+        as_objective(fun.layer, reduce=cross_entropy(0), budget=5)
+    with pytest.raises(InputError, match="reshaped"):
+        fun(np.zeros((1, 15)))
+    with pytest.raises(InputError, match="label"):
+        cross_entropy(-1)
+    assert math.isclose(cross_entropy(0)({"probs": [[0.0, 1.0]]}), -math.log(1e-12))

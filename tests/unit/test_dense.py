@@ -240,3 +240,26 @@ def test_as_objective_wraps_a_target_and_checks_its_arguments(tmp_path):
     with pytest.raises(InputError, match="label"):
         cross_entropy(-1)
     assert math.isclose(cross_entropy(0)({"probs": [[0.0, 1.0]]}), -math.log(1e-12))
+
+
+def test_the_engine_spends_the_layers_budget_only_for_rows_really_sent(tmp_path):
+    """minimize / estimate_gradient on the adapter: one Budget, ledger hits free and counted."""
+    import bbzo
+
+    layer = QueryLayer(target(), ledger=Ledger(tmp_path / "l.sqlite"),
+                       budget=Budget(max_queries=200))
+    fun = LayerObjective(layer, reduce=cross_entropy(2), shape=SHAPE)
+    x0 = images(1).reshape(-1).astype(np.float64)
+    first = bbzo.minimize(fun, x0, q=4, lr=0.1, maxiter=5, seed=0)
+    assert first.nqueries == 5 * 8 and fun.nsent == 40 and layer.budget.queries == 40
+    again = bbzo.minimize(fun, x0, q=4, lr=0.1, maxiter=5, seed=0)  # same seed: all cached
+    assert again.fun == first.fun and fun.nsent == 40 and fun.ncached == 40
+    assert layer.budget.queries == 40
+    with pytest.raises(InputError, match="budget"):
+        bbzo.minimize(fun, x0, budget=Budget(max_queries=10), maxiter=1)
+    G, n = bbzo.estimate_gradient(fun, images(3, seed=2).reshape(3, -1).astype(np.float64),
+                                  q=2)
+    assert G.shape == (3, 16) and n == 3 * 4 and fun.nsent == 52
+    with pytest.raises(bbzo.BudgetExceeded):  # 148 left: a 160-row batch is refused whole
+        bbzo.estimate_gradient(fun, images(20, seed=3).reshape(20, -1).astype(np.float64), q=4)
+    assert layer.budget.queries == 52

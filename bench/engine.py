@@ -4,7 +4,13 @@
 2. the engine's overhead over the raw batched forward passes for the same evaluations;
 3. peak memory of a seeded ZO step vs inference vs a first-order Adam step, small transformer
    built from a config (each measured in a fresh subprocess);
-4. RGE cosine to the true gradient vs q, against the theoretical √(q/(q+d)).
+4. RGE cosine to the true gradient vs q, against the theoretical √(q/(q+d));
+5. per-row batched estimation of B images in one call vs B separate calls (``engine_batched``);
+6. dense ``classify`` requests through the query layer and ledger vs raw batched target calls,
+   and ledger bytes per request, JSON vs dense (``engine_dense``);
+7. incremental vs full fitness of one-row children in the population search
+   (``engine_population``);
+8. a seeded step's noise vs its forwards on a SmolLM2-shaped model (``engine_seeded``).
 
     python bench/engine.py [--quick] [--device cpu|cuda] [--out bench/out]
 """
@@ -249,6 +255,18 @@ def main() -> None:
         print(f"    q={r['q']:4d}  measured {r['rms_cos']:.4f}  theory {r['theory']:.4f}  "
               f"ratio {r['rms_cos'] / r['theory']:.3f}")
     plot_cosine(result["cosine"], d, out / "rge_cosine_vs_q.png")
+    # Parts [5]-[8] live in their own scripts (each also runs alone); they import this file's
+    # helpers, so they are imported here, not at the top.
+    import engine_batched
+    import engine_dense
+    import engine_population
+    import engine_seeded
+
+    parts = (engine_batched, engine_dense, engine_population, engine_seeded)
+    for number, part in enumerate(parts, 5):
+        print(f"[{number}] {part.__name__}:")
+        result[part.__name__] = part.run(args.quick)
+        part.report(result[part.__name__])
     (out / "engine.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'engine.json'} and {out / 'rge_cosine_vs_q.png'}")
     print("reproduce: python bench/engine.py" + (" --quick" if args.quick else ""))

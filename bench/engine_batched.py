@@ -67,16 +67,21 @@ def run(quick: bool, device: str | None = None) -> dict:
             "cos_separate": mean_cos(g_separate)}
 
 
+def report(r: dict) -> None:
+    """Print ``run``'s figures in one line."""
+    print(f"per-row estimates of {r['rows']} images, q={r['q']} ({r['queries']} queries): one "
+          f"batched call {r['batched_s']:.3f} s vs {r['rows']} calls {r['separate_s']:.3f} s -> "
+          f"{r['ratio']:.1f}x; mean cosine to autograd {r['cos_batched']:.3f} vs "
+          f"{r['cos_separate']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small q, one repeat (smoke run)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     r = run(args.quick, args.device)
-    print(f"per-row estimates of {r['rows']} images, q={r['q']} ({r['queries']} queries): one "
-          f"batched call {r['batched_s']:.3f} s vs {r['rows']} calls {r['separate_s']:.3f} s -> "
-          f"{r['ratio']:.1f}x; mean cosine to autograd {r['cos_batched']:.3f} vs "
-          f"{r['cos_separate']:.3f}")
+    report(r)
     print(json.dumps(r, indent=2))
 
 

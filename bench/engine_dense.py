@@ -139,13 +139,8 @@ def run(quick: bool, device: str | None = None) -> dict:
                 "ledger": bench_ledger_size(target, folder, BATCH if quick else 4 * BATCH)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default="bench/out")
-    args = parser.parse_args()
-    result = run(args.quick, args.device)
+def report(result: dict) -> None:
+    """Print ``run``'s figures."""
     o, size = result["overhead"], result["ledger"]
     best = o["best_ms"]
     print(f"[1] batch of {o['batch']} dense classify requests, {result['device']}: bare module "
@@ -165,6 +160,16 @@ def main() -> None:
         print(f"    {name:13s} {size[name]['bytes_per_request']:9.0f} B  "
               f"{size[name]['ms_per_request']:.3f} ms")
     print(f"    JSON / dense bytes: {size['json_over_dense_bytes']:.0f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default="bench/out")
+    args = parser.parse_args()
+    result = run(args.quick, args.device)
+    report(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine_dense.json").write_text(json.dumps(result, indent=2))

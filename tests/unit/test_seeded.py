@@ -360,3 +360,7 @@ def test_loading_a_log_on_other_parameters_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(InputError, match="format"):
         SeededZO.load(tmp_path / "bad.json", mlp())
+    doc["format"] = "bbzo.seeded-zo/1"                     # the former noise generator
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="older noise generator"):
+        SeededZO.load(tmp_path / "old.json", mlp())

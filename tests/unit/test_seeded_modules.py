@@ -2,7 +2,6 @@
 scalars modules edit the logged scalars, update rules keep per-parameter buffers that replay
 rebuilds bit for bit, and every other module is refused before anything runs."""
 
-import json
 
 import pytest
 import torch
@@ -229,18 +228,6 @@ def test_other_modules_cannot_act_on_the_seeded_path(module):
         SeededZO(model, modules=module)
     assert not calls
     assert_bit_identical(model, snap)
-
-
-def test_old_format_logs_are_refused(tmp_path):
-    model = mlp()
-    opt = SeededZO(model, lr=1e-3)
-    opt.step(mse_loss(model, *regression()))
-    opt.save(tmp_path / "run.json")
-    doc = json.loads((tmp_path / "run.json").read_text())
-    doc["format"] = "bbzo.seeded-zo/1"
-    (tmp_path / "old.json").write_text(json.dumps(doc))
-    with pytest.raises(InputError, match="older noise generator"):
-        SeededZO.load(tmp_path / "old.json", mlp())
 
 
 # --- the noise -----------------------------------------------------------------------------

@@ -1,35 +1,37 @@
 """Seeded perturbation of a torch module's parameters (MeZO-style ZO fine-tuning).
 
 A step draws q integer seeds. The direction for seed s is z = (z_t) over the perturbed tensors,
-with element k of tensor t a pure function F(s, t, k): a counter-based hash (our own 32-bit
-integer mixer in int64 torch ops) turned into N(0, 1) by Box–Muller. So z is regenerated from
-the seed anywhere, never stored, is independent across tensors, and is the same on every worker
-(bit-identical on the same kind of device; CPU vs GPU may differ in the last ulp of log/cos).
-Noise is made in chunks of ``CHUNK`` elements on the parameter's device, so the transient
-memory is one chunk plus, during a perturbed read, one parameter-sized tensor.
+z_t the N(0, 1) noise of tensor t under s (``bbzo.blackbox.zo.noise``: chunked torch generators
+keyed by a hash of (s, t, chunk)). So z is regenerated from the seed anywhere, never stored, is
+independent across tensors, and is bit-identical on every worker with the same kind of device
+(CPU and CUDA streams differ). Noise is made in chunks of ``CHUNK`` elements on the parameter's
+device, on ``torch.get_num_threads()`` threads.
 
 Exact restore without a copy of the weights: the stored parameters are **never** changed to
 evaluate a perturbation. Inside ``SeededPerturbation.perturbed(seed, c)`` every perturbed
 parameter is read as θ + c·z(seed) computed just in time by a ``torch.nn.utils.parametrize``
 parametrization (registered by ``attached()`` and removed on exit, restoring the very same
 ``Parameter`` objects, their order and the state_dict keys). Reading through the attribute
-rather than a forward hook also covers tied weights (GPT-2's ``lm_head``/``wte``) and parameters
-read outside their owner's ``forward``. Only the update θ ← θ − lr·(Σᵢ pgᵢ zᵢ / q + wd·θ) writes
-the parameters, in place, regenerating each zᵢ from its seed.
+rather than a forward hook also covers tied weights (GPT-2's ``lm_head``/``wte``; computed once
+per perturbation and shared) and parameters read outside their owner's ``forward``. Only the
+update θ ← θ − lr·(Σᵢ pgᵢ zᵢ / q + wd·θ) writes the parameters, in place, making all q seeds'
+noise of a tensor in one pass. ``SeededChain`` lets modules act on this path (masks, clipping,
+scalars modules, momentum/Adam/sign); the others are refused.
 
 Why not MeZO's in-place +μz, −2μz, +μz? In floating point it does not restore θ: on a tiny
 GPT-2 (float32, 39,168 parameters, μ = 1e-3) one such cycle left 18,391 elements changed
 (max |Δθ| 1.2e-7); after 100 cycles 36,914 (94%, max 1.3e-6). That drift breaks replay from a
 (seed, scalar) log. A copy of θ would restore exactly but doubles the memory.
 
-Cost of a step with q seeds: 2q forwards under ``torch.no_grad`` plus 3q regenerations of z
-(tied tensors are regenerated at each read). Peak memory is inference plus one parameter-sized
-tensor (the largest perturbed read) and a few chunk buffers: measured on a SmolLM2-135M-shaped
-Llama (fp32, 513 MiB of weights, batch 4×64, CPU) peak RSS 1179 MiB for a q = 1 step against
-1020 MiB for a forward and 1878 MiB for forward+backward. On CPU the hash runs at ~20M
-normals/s per thread, so there noise, not the forwards, dominates a step (23.7 s vs 4.7 s).
+Cost of a step with q seeds: 2q forwards under ``torch.no_grad`` plus 3q makings of z (two
+reads and the update; each must remake z, since keeping it would cost a copy of θ). Peak
+memory is inference plus one parameter-sized tensor (the largest perturbed read, or a tied
+tensor's shared read) and a few chunk buffers: measured with the former generator on a
+SmolLM2-135M-shaped Llama (fp32, 513 MiB of weights, batch 4×64, CPU) peak RSS 1179 MiB for a
+q = 1 step against 1020 MiB for a forward and 1878 MiB for forward+backward. Noise speed
+(``bench/engine_seeded.py``): @@SPEED@@
 A whole step is stored as ``StepRecord`` (q seeds, q scalars, lr, weight decay), so ``replay``
-reproduces a run's weights bit for bit from the initial weights.
+reproduces a run's weights bit for bit from the initial weights (and the run's modules).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class StepRecord:
 
     Attributes:
         seeds: q direction seeds.
-        scalars: q projected gradients (L₊ − L₋)/(2μ), loss units per unit of z.
+        scalars: q projected gradients (L₊ − L₋)/(2μ), loss units per unit of z, as the
+            chain's scalars modules returned them (what the update used).
         lr: step size used; the update is θ ← θ·(1 − lr·wd) − lr·Σᵢ scalarsᵢ zᵢ / q.
         weight_decay: decoupled-from-z L2 coefficient wd.
         loss_plus, loss_minus: the q losses at θ ± μzᵢ (not needed for replay; not saved).

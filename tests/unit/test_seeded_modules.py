@@ -155,6 +155,20 @@ def test_antithetic_is_the_central_form_already():
     assert_bit_identical(b, snapshot(a))
 
 
+def test_bad_masks_raise_before_anything_moves():
+    model = mlp()
+    pert = SeededPerturbation(model)
+    snap = snapshot(model)
+    index, _, p = pert.entries[0]
+    for masks in ({index: torch.ones(p.numel())}, {index: torch.ones(3, dtype=torch.bool)},
+                  {99: torch.ones(p.numel(), dtype=torch.bool)}):
+        with pytest.raises(InputError):
+            pert.apply_update([1], [1.0], lr=1e-2, masks=masks)
+        with pytest.raises(InputError), pert.perturbed(1, 1e-3, masks):
+            pass
+    assert_bit_identical(model, snap)
+
+
 # --- update rules ------------------------------------------------------------------------
 
 def estimate(pert, record, index):

@@ -179,6 +179,16 @@ class SeededPerturbation:
         raise InputError(f"parameter index {index} is not perturbed; valid: "
                          f"{[i for i, _, _ in self.entries]}")
 
+    def _check_masks(self, masks: Masks | None) -> Masks:
+        masks = masks or {}
+        for index, mask in masks.items():
+            p = self._param(index)
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool \
+                    or mask.shape != (p.numel(),) or mask.device != p.device:
+                raise InputError(f"the mask of parameter {index} must be a flat bool tensor of "
+                                 f"{p.numel()} entries on {p.device}")
+        return masks
+
     @contextmanager
     def attached(self) -> Iterator[SeededPerturbation]:
         """Register the just-in-time parametrizations (re-entrant). Inside, the model reads
@@ -226,10 +236,11 @@ class SeededPerturbation:
         scale = float(scale)
         if not math.isfinite(scale):
             raise InputError(f"scale must be a finite number, got {scale!r}")
+        masks = self._check_masks(masks)
         if self._active is not None:
             raise InputError("a perturbation is already active; perturbations do not nest")
         with self.attached():
-            self._active = _Active(seed, scale, masks or {})
+            self._active = _Active(seed, scale, masks)
             try:
                 yield
             finally:
@@ -295,7 +306,7 @@ class SeededPerturbation:
         lr = non_negative("lr", lr)
         weight_decay = non_negative("weight_decay", weight_decay)
         weights = [g / len(seeds) for g in scalars]
-        masks = masks or {}
+        masks = self._check_masks(masks)
         with torch.no_grad():
             for index, _, p in self.entries:
                 step = self.direction(index, seeds, weights, masks.get(index))

@@ -155,6 +155,13 @@ def test_antithetic_is_the_central_form_already():
     assert_bit_identical(b, snapshot(a))
 
 
+def test_a_chain_acts_only_on_its_own_perturbation():
+    model = mlp()
+    steps = SeededChain(SeededPerturbation(model), momentum())
+    with pytest.raises(InputError, match="another SeededPerturbation"):
+        zo_step(SeededPerturbation(model), mse_loss(model, *regression()), modules=steps)
+
+
 def test_bad_masks_raise_before_anything_moves():
     model = mlp()
     pert = SeededPerturbation(model)

@@ -2,7 +2,8 @@
 
 A SmolLM2-135M-shaped Llama built from a config (hidden 576, 30 layers, 9 heads, 3 kv heads,
 intermediate 1536, vocab 49152, tied embeddings; ``--quick``: a much smaller one), batch 4×64
-tokens, CPU, 1 and 2 threads. For each thread count, interleaved and best of ``repeat``:
+tokens, CPU, 1 and 2 threads. For each thread count, interleaved and best of ``repeat``, in
+wall seconds (and CPU seconds of the process, steadier on a shared machine):
 
 - ``forwards_s``: the step's two forwards (plain ``model(ids, labels=ids)`` under no_grad);
 - ``step_s``: a whole ``zo_step`` (q = 1), so ``step_s − forwards_s`` is the engine's cost;
@@ -84,13 +85,12 @@ def read_slots(model: torch.nn.Module, pert: SeededPerturbation) -> list[tuple[i
             for p in m._parameters.values() if p is not None and id(p) in index]
 
 
-def best(fn, repeat: int) -> float:
-    out = math.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - t)
-    return out
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``; on a shared machine the CPU
+    seconds at one thread are the steadier figure."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run(quick: bool) -> dict:
@@ -129,18 +129,22 @@ def run(quick: bool) -> dict:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             forwards()                                          # warm up
-            times = {k: math.inf for k in ("forwards_s", "step_s", "noise_s", "old_noise_s")}
-            for _ in range(repeat):                             # interleaved
-                for key, fn in (("forwards_s", forwards), ("step_s", step), ("noise_s", noise),
-                                ("old_noise_s", old_noise)):
-                    times[key] = min(times[key], best(fn, 1))
-            f = times["forwards_s"]
-            rows.append({"threads": threads, **times,
-                         "noise_per_forwards": times["noise_s"] / f,
-                         "old_noise_per_forwards": times["old_noise_s"] / f,
-                         "step_overhead_per_forwards": (times["step_s"] - f) / f,
-                         "new_mnormals_per_s": new_count / times["noise_s"] / 1e6,
-                         "old_mnormals_per_s": old_count / times["old_noise_s"] / 1e6})
+            keys = ("forwards_s", "step_s", "noise_s", "old_noise_s")
+            wall, cpu = dict.fromkeys(keys, math.inf), dict.fromkeys(keys, math.inf)
+            for _ in range(repeat):                             # interleaved, best of repeat
+                for key, fn in zip(keys, (forwards, step, noise, old_noise), strict=True):
+                    w, c = timed(fn)
+                    wall[key], cpu[key] = min(wall[key], w), min(cpu[key], c)
+            f, fc = wall["forwards_s"], cpu["forwards_s"]
+            rows.append({"threads": threads, **wall,
+                         "cpu_s": cpu,
+                         "noise_per_forwards": wall["noise_s"] / f,
+                         "old_noise_per_forwards": wall["old_noise_s"] / f,
+                         "step_overhead_per_forwards": (wall["step_s"] - f) / f,
+                         "cpu_noise_per_forwards": cpu["noise_s"] / fc,
+                         "cpu_old_noise_per_forwards": cpu["old_noise_s"] / fc,
+                         "new_mnormals_per_s": new_count / wall["noise_s"] / 1e6,
+                         "old_mnormals_per_s": old_count / wall["old_noise_s"] / 1e6})
     finally:
         torch.set_num_threads(threads_before)
     return {"quick": quick, "parameters": sum(n for _, n in tensors),
@@ -156,7 +160,9 @@ def main() -> None:
         print(f"{r['threads']} thread(s): forwards {r['forwards_s']:.3f} s; noise/forwards "
               f"before {r['old_noise_per_forwards']:.2f} ({r['old_mnormals_per_s']:.0f} M/s), "
               f"after {r['noise_per_forwards']:.2f} ({r['new_mnormals_per_s']:.0f} M/s); "
-              f"whole step over forwards +{r['step_overhead_per_forwards']:.2f}")
+              f"whole step over forwards +{r['step_overhead_per_forwards']:.2f}; in CPU "
+              f"seconds noise/forwards before {r['cpu_old_noise_per_forwards']:.2f}, after "
+              f"{r['cpu_noise_per_forwards']:.2f}")
 
 
 if __name__ == "__main__":

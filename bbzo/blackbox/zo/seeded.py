@@ -28,8 +28,14 @@ reads and the update; each must remake z, since keeping it would cost a copy of 
 memory is inference plus one parameter-sized tensor (the largest perturbed read, or a tied
 tensor's shared read) and a few chunk buffers: measured with the former generator on a
 SmolLM2-135M-shaped Llama (fp32, 513 MiB of weights, batch 4×64, CPU) peak RSS 1179 MiB for a
-q = 1 step against 1020 MiB for a forward and 1878 MiB for forward+backward. Noise speed
-(``bench/engine_seeded.py``): @@SPEED@@
+q = 1 step against 1020 MiB for a forward and 1878 MiB for forward+backward.
+
+Noise cost (``bench/engine_seeded.py --quick``, a 0.35M-parameter Llama, batch 4×64, one
+thread, CPU seconds on the loaded shared 2-core CPU): noise/forwards 2.75 with the former
+counter hash (which remade tied tensors at each read), 0.27 now. On the SmolLM2-135M shape a
+q = 1 step makes 3 × 134.5 M normals: ≈ 2-3 s at 140-210 M/s, against the ≈ 4.7 s of forwards
+measured before, so ≈ 0.4-0.6× there (from ≈ 5×); below that needs a faster generator than
+torch's, since keeping z between the reads would cost a copy of θ.
 A whole step is stored as ``StepRecord`` (q seeds, q scalars, lr, weight decay), so ``replay``
 reproduces a run's weights bit for bit from the initial weights (and the run's modules).
 """

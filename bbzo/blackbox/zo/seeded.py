@@ -58,11 +58,9 @@ from torch.nn.utils import parametrize
 from bbzo.blackbox.zo.modules import Antithetic, MagnitudeMask, RandomMask
 from bbzo.blackbox.zo.noise import (
     CHUNK,
-    LEVELS,
     SEED_BOUND,
     check_seed,
     chunk_key,
-    chunk_levels,
     chunk_noise,
     for_chunks,
     seeded_normal,
@@ -267,11 +265,11 @@ class SeededPerturbation:
             flat, dest = x.detach().view(-1), out.view(-1)
 
             def fill(chunk: int, start: int, stop: int) -> None:
-                z = chunk_noise(active.seed, index, chunk, stop - start, x.device,
-                                out=dest[start:stop])
+                z = chunk_noise("normal", active.seed, index, chunk, stop - start, x.device)
                 if mask is not None:
                     z.mul_(mask[start:stop])
-                z.mul_(active.scale).add_(flat[start:stop])
+                torch.add(flat[start:stop], z.to(x.dtype), alpha=active.scale,
+                          out=dest[start:stop])
 
             for_chunks(x.numel(), fill)
         if index in self._tied:
@@ -287,10 +285,12 @@ class SeededPerturbation:
 
         def fill(chunk: int, start: int, stop: int) -> None:
             dest = out[start:stop]
-            chunk_noise(seeds[0], index, chunk, stop - start, p.device, out=dest).mul_(weights[0])
-            for seed, w in zip(seeds[1:], weights[1:], strict=True):
-                dest.add_(chunk_noise(seed, index, chunk, stop - start, p.device).to(p.dtype),
-                          alpha=w)
+            for i, (seed, w) in enumerate(zip(seeds, weights, strict=True)):
+                z = chunk_noise("normal", seed, index, chunk, stop - start, p.device).to(p.dtype)
+                if i == 0:
+                    torch.mul(z, w, out=dest)
+                else:
+                    dest.add_(z, alpha=w)
             if mask is not None:
                 dest.mul_(mask[start:stop])
 
@@ -466,12 +466,12 @@ class SeededChain:
 
 def _random_mask(seed: int, index: int, p: torch.Tensor, density: float) -> torch.Tensor:
     """Flat boolean mask of tensor ``index`` keeping each entry with probability ``density``
-    (rounded up to a multiple of 1/LEVELS; its uniform stream under ``seed``)."""
+    (its uniform stream under ``seed``)."""
     mask = torch.empty(p.numel(), dtype=torch.bool, device=p.device)
 
     def fill(chunk: int, start: int, stop: int) -> None:
-        levels = chunk_levels("uniform", seed, index, chunk, stop - start, p.device)
-        torch.lt(levels, density * LEVELS, out=mask[start:stop])
+        u = chunk_noise("uniform", seed, index, chunk, stop - start, p.device)
+        torch.lt(u, density, out=mask[start:stop])
 
     for_chunks(p.numel(), fill)
     return mask

@@ -273,9 +273,9 @@ def test_tied_weights_are_made_once_per_perturbation(monkeypatch):
     pert = SeededPerturbation(model)
     made = []
 
-    def counting(kind, seed, index, chunk, length, device):
+    def counting(kind, seed, index, chunk, length, device, out=None):
         made.append(index)
-        return chunk_noise(kind, seed, index, chunk, length, device)
+        return chunk_noise(kind, seed, index, chunk, length, device, out)
 
     monkeypatch.setattr(seeded, "chunk_noise", counting)
     with torch.no_grad(), pert.perturbed(1, 1e-3):

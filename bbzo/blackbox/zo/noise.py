@@ -56,14 +56,17 @@ def chunk_key(kind: str, seed: int, index: int, chunk: int) -> int:
 
 
 def chunk_noise(kind: str, seed: int, index: int, chunk: int, length: int,
-                device: torch.device | str) -> torch.Tensor:
-    """Float32 (length,) values of chunk ``chunk`` of tensor ``index``: N(0, 1) for
-    ``kind="normal"``, U[0, 1) for ``"uniform"``."""
+                device: torch.device | str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(length,) values of chunk ``chunk`` of tensor ``index``: N(0, 1) for ``kind="normal"``,
+    U[0, 1) for ``"uniform"``; float32, or written into ``out`` (any floating dtype)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(chunk_key(kind, seed, index, chunk))
     draw = torch.randn if kind == "normal" else torch.rand
     padded = -(-length // _BLOCK) * _BLOCK
-    return draw(padded, generator=gen, device=device)[:length]
+    if out is not None and padded == length and out.dtype == torch.float32:
+        return draw(length, generator=gen, out=out)       # no copy for float32 chunks
+    values = draw(padded, generator=gen, device=device)[:length]
+    return values if out is None else out.copy_(values)
 
 
 def for_chunks(numel: int, fill: Callable[[int, int, int], None]) -> None:
@@ -90,7 +93,7 @@ def seeded_normal(seed: int, index: int, numel: int, *, dtype: torch.dtype = tor
     out = torch.empty(numel, dtype=dtype, device=device)
 
     def fill(chunk: int, start: int, stop: int) -> None:
-        out[start:stop] = chunk_noise("normal", seed, index, chunk, stop - start, device)
+        chunk_noise("normal", seed, index, chunk, stop - start, device, out=out[start:stop])
 
     for_chunks(numel, fill)
     return out

@@ -265,11 +265,11 @@ class SeededPerturbation:
             flat, dest = x.detach().view(-1), out.view(-1)
 
             def fill(chunk: int, start: int, stop: int) -> None:
-                z = chunk_noise("normal", active.seed, index, chunk, stop - start, x.device)
+                z = chunk_noise("normal", active.seed, index, chunk, stop - start, x.device,
+                                out=dest[start:stop])
                 if mask is not None:
                     z.mul_(mask[start:stop])
-                torch.add(flat[start:stop], z.to(x.dtype), alpha=active.scale,
-                          out=dest[start:stop])
+                z.mul_(active.scale).add_(flat[start:stop])
 
             for_chunks(x.numel(), fill)
         if index in self._tied:
@@ -284,13 +284,11 @@ class SeededPerturbation:
         out = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
 
         def fill(chunk: int, start: int, stop: int) -> None:
-            dest = out[start:stop]
-            for i, (seed, w) in enumerate(zip(seeds, weights, strict=True)):
-                z = chunk_noise("normal", seed, index, chunk, stop - start, p.device).to(p.dtype)
-                if i == 0:
-                    torch.mul(z, w, out=dest)
-                else:
-                    dest.add_(z, alpha=w)
+            n, dest = stop - start, out[start:stop]
+            chunk_noise("normal", seeds[0], index, chunk, n, p.device, out=dest).mul_(weights[0])
+            for seed, w in zip(seeds[1:], weights[1:], strict=True):
+                dest.add_(chunk_noise("normal", seed, index, chunk, n, p.device).to(p.dtype),
+                          alpha=w)
             if mask is not None:
                 dest.mul_(mask[start:stop])
 

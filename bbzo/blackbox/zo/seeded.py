@@ -346,12 +346,14 @@ class SeededChain:
     - ``antithetic()``: accepted, changes nothing: a seeded step already is the central
       (antithetic-pair) form, L(θ ± μz) for each seed.
     - modules whose only stage is ``scalars`` (``clip_scalars``, rank shaping): called on the
-      (q,) directional derivatives, ``ctx.x`` None; the log keeps the scalars they return.
-      One that maps every single scalar to 0 (rank shaping) needs q ≥ 2.
+      (q,) directional derivatives (``init`` gets an empty x, ``ctx.x`` is None); the log
+      keeps the scalars they return, so replay does not call them. One that maps every
+      single scalar to 0 (rank shaping) needs q ≥ 2.
     - ``random_mask``/``magnitude_mask``: per tensor; a random mask keeps each entry with
-      probability ``density``, drawn from the first seed of the step it is (re)drawn at; a
-      magnitude mask keeps the ``density`` share (at least one) of smallest/largest |θ|.
-      Redrawn every ``every`` steps. Memory: one byte per perturbed entry.
+      probability ``density``, drawn from the first seed of the step it is (re)drawn at (in
+      the log); a magnitude mask keeps the ``density`` share (at least one) of smallest or
+      largest |θ|, which replay recomputes from its θ, bit-identical to the run's. Redrawn
+      every ``every`` steps. Memory: one byte per perturbed entry.
     - ``momentum``/``adam``/``sign``: applied per tensor to the estimate, with per-parameter
       buffers (momentum: one copy of the perturbed parameters, Adam: two). The buffers are a
       deterministic function of the logged seeds and scalars, so ``replay`` rebuilds them.

@@ -65,7 +65,7 @@ from bbzo.blackbox.zo.noise import (
     for_chunks,
     seeded_normal,
 )
-from bbzo.blackbox.zo.transforms import Context, Module, chain
+from bbzo.blackbox.zo.transforms import Context, Module, Probe, chain
 from bbzo.blackbox.zo.update import Adam, Momentum, Sign
 from bbzo.checks import int_at_least, non_negative, positive
 from bbzo.errors import InputError, ObjectiveError
@@ -327,12 +327,19 @@ def _as_perturbation(model: nn.Module | SeededPerturbation) -> SeededPerturbatio
 
 _MASKS = (RandomMask, MagnitudeMask)
 _UPDATE_RULES = (Momentum, Adam, Sign)
-_LATER_HOOKS = ("directions", "observe", "gradient")
+_VECTOR_HOOKS = ("directions", "gradient", "update")
 
 
-def _acts_on_scalars_only(m: Module) -> bool:
+def _acts_on_values_only(m: Module) -> bool:
+    """Acts at the ``scalars`` stage (and maybe ``observe``), never on a d-vector."""
     return (type(m).scalars is not Module.scalars and not m.needs_center
-            and all(getattr(type(m), h) is getattr(Module, h) for h in _LATER_HOOKS))
+            and not m.shapes_directions
+            and all(getattr(type(m), h, None) is getattr(Module, h, None) for h in _VECTOR_HOOKS))
+
+
+def _rule_hook(m: Module) -> Callable[[torch.Tensor, Any, Context], tuple[torch.Tensor, Any]]:
+    """An update rule's hook: ``update`` (``gradient`` where the protocol has no update stage)."""
+    return getattr(m, "update", m.gradient)
 
 
 def _flatten(modules: Module | Sequence[Module]) -> tuple[Module, ...]:
@@ -374,7 +381,7 @@ class SeededChain:
                 self.mask_modules.append(m)
             elif type(m) in _UPDATE_RULES:
                 self.update_rules.append(m)
-            elif _acts_on_scalars_only(m):
+            elif _acts_on_values_only(m):
                 self.scalar_modules.append(m)
             elif type(m) is not Antithetic:
                 raise InputError(f"{m!r} cannot act on the seeded path; use antithetic, "
@@ -395,17 +402,14 @@ class SeededChain:
         gen = torch.Generator().manual_seed(chunk_key("uniform", seeds[0], self.step, 1 << 63))
         return Context(x, self.step, gen, mu)  # type: ignore[arg-type]  # no flat θ here
 
-    def check(self, q: int) -> None:
+    def check(self, q: int, mu: float) -> None:
         """Refuse a q that makes a scalars module meaningless (it zeroes any single scalar)."""
-        if q > 1:
+        if q > 1 or not self.scalar_modules:
             return
-        ctx = self._context(None, [0], math.nan)
-        for m, state in zip(self.scalar_modules, self._scalar_states, strict=True):
-            out = [float(m.scalars(torch.tensor([v], dtype=torch.float64), state, ctx)[0][0])
-                   for v in (-1.0, 1.0)]
-            if out == [0.0, 0.0]:
-                raise InputError(f"{m!r} maps a single scalar to 0, so a q = 1 seeded step "
-                                 f"would never move; use q >= 2")
+        probes = [((1.0,), (0.0,)), ((0.0,), (1.0,))]
+        if all(self._shaped(plus, minus, [0], mu, dry=True) == (0.0,) for plus, minus in probes):
+            raise InputError(f"{self.config} map a single scalar to 0, so a q = 1 seeded step "
+                             f"would never move; use q >= 2")
 
     def prepare(self, seeds: Sequence[int]) -> Masks:
         """Redraw the masks due at this step (random ones from ``seeds[0]``); returns the
@@ -436,15 +440,28 @@ class SeededChain:
                 masks[index][keep] = True
         return masks
 
-    def scalars(self, raw: Sequence[float], seeds: Sequence[int], mu: float
-                ) -> tuple[float, ...]:
-        """The scalars modules applied in order to the (q,) projected gradients."""
+    def scalars(self, plus: Sequence[float], minus: Sequence[float], seeds: Sequence[int],
+                mu: float) -> tuple[float, ...]:
+        """The (q,) projected gradients (L₊ − L₋)/(2μ) through the values-only modules: each
+        ``observe``s a ``Probe`` of the q losses (its directions None: z is never
+        materialised), then their ``scalars`` run in order."""
+        return self._shaped(plus, minus, seeds, mu, dry=False)
+
+    def _shaped(self, plus: Sequence[float], minus: Sequence[float], seeds: Sequence[int],
+                mu: float, dry: bool) -> tuple[float, ...]:
+        f_plus = torch.tensor(list(plus), dtype=torch.float64)
+        f_minus = torch.tensor(list(minus), dtype=torch.float64)
+        s = (f_plus - f_minus) / (2.0 * mu)
         if not self.scalar_modules:
-            return tuple(raw)
-        s = torch.tensor(list(raw), dtype=torch.float64)
+            return tuple(float(v) for v in s)
         ctx = self._context(None, seeds, mu)
+        probe = Probe(None, f_plus, f_minus, None)  # type: ignore[arg-type]
+        states = [m.observe(probe, st, ctx)
+                  for m, st in zip(self.scalar_modules, self._scalar_states, strict=True)]
         for k, m in enumerate(self.scalar_modules):
-            s, self._scalar_states[k] = m.scalars(s, self._scalar_states[k], ctx)
+            s, states[k] = m.scalars(s, states[k], ctx)
+        if not dry:
+            self._scalar_states = states
         return tuple(float(v) for v in s)
 
     def _rules(self, index: int, estimate: torch.Tensor) -> torch.Tensor:
@@ -452,8 +469,8 @@ class SeededChain:
         ctx = Context(g, self.step, torch.Generator(), math.nan)  # the rules read no ctx
         for k, m in enumerate(self.update_rules):
             states = self._rule_states[k]
-            g, states[index] = m.gradient(g, states[index] if index in states else m.init(g),
-                                          ctx)
+            g, states[index] = _rule_hook(m)(g, states[index] if index in states else m.init(g),
+                                             ctx)
         return g.view_as(estimate)
 
     def update(self, seeds: Sequence[int], scalars: Sequence[float], lr: float,
@@ -523,7 +540,7 @@ def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *
     non_negative("weight_decay", weight_decay)
     q = int_at_least("q", q, 1)
     steps = _as_chain(pert, modules)
-    steps.check(q)
+    steps.check(q, mu)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     seeds = tuple(int(s) for s in gen.integers(0, 1 << 32, size=q, dtype=np.uint64))
     masks = steps.prepare(seeds)
@@ -534,8 +551,7 @@ def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *
                 plus.append(_measure(loss_fn))
             with pert.perturbed(seed, -mu, masks):
                 minus.append(_measure(loss_fn))
-    raw = [(lp - lm) / (2.0 * mu) for lp, lm in zip(plus, minus, strict=True)]
-    scalars = steps.scalars(raw, seeds, mu)
+    scalars = steps.scalars(plus, minus, seeds, mu)
     steps.update(seeds, scalars, lr, weight_decay)
     return StepRecord(seeds, scalars, lr, weight_decay, tuple(plus), tuple(minus))
 
@@ -575,7 +591,7 @@ class SeededZO:
         self.weight_decay = non_negative("weight_decay", weight_decay)
         self.seed = check_seed(seed)
         self.chain = SeededChain(self.perturbation, modules)
-        self.chain.check(self.q)
+        self.chain.check(self.q, self.mu)
         self.log: list[StepRecord] = []
 
     def step(self, loss_fn: Callable[[], Any]) -> StepRecord:

@@ -352,10 +352,12 @@ class SeededChain:
 
     - ``antithetic()``: accepted, changes nothing: a seeded step already is the central
       (antithetic-pair) form, L(θ ± μz) for each seed.
-    - modules whose only stage is ``scalars`` (``clip_scalars``, rank shaping): called on the
-      (q,) directional derivatives (``init`` gets an empty x, ``ctx.x`` is None); the log
-      keeps the scalars they return, so replay does not call them. One that maps every
-      single scalar to 0 (rank shaping) needs q ≥ 2.
+    - modules acting on values only (``scalars``, maybe ``observe``: ``clip_scalars``,
+      ``centered_rank``, ``standardize``): ``observe`` gets a ``Probe`` of the q losses L±
+      (directions None), then ``scalars`` the (q,) (L₊ − L₋)/(2μ); ``init`` gets an empty x,
+      ``ctx.x`` is None. The log keeps the scalars they return, so replay does not call them.
+      One that maps any single scalar to 0 needs q ≥ 2 (centred ranks at q = 1 give
+      ±1/(2μ), a sign step, and are accepted).
     - ``random_mask``/``magnitude_mask``: per tensor; a random mask keeps each entry with
       probability ``density``, drawn from the first seed of the step it is (re)drawn at (in
       the log); a magnitude mask keeps the ``density`` share (at least one) of smallest or

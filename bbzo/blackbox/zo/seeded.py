@@ -30,12 +30,12 @@ tensor's shared read) and a few chunk buffers: measured with the former generato
 SmolLM2-135M-shaped Llama (fp32, 513 MiB of weights, batch 4×64, CPU) peak RSS 1179 MiB for a
 q = 1 step against 1020 MiB for a forward and 1878 MiB for forward+backward.
 
-Noise cost (``bench/engine_seeded.py --quick``, a 0.35M-parameter Llama, batch 4×64, one
-thread, CPU seconds on the loaded shared 2-core CPU): noise/forwards 2.75 with the former
-counter hash (which remade tied tensors at each read), 0.27 now. On the SmolLM2-135M shape a
-q = 1 step makes 3 × 134.5 M normals: ≈ 2-3 s at 140-210 M/s, against the ≈ 4.7 s of forwards
-measured before, so ≈ 0.4-0.6× there (from ≈ 5×); below that needs a faster generator than
-torch's, since keeping z between the reads would cost a copy of θ.
+Noise cost (``python bench/engine_seeded.py``, SmolLM2-135M-shaped Llama, fp32, batch 4×64,
+CPU, one thread, CPU at load ~1.3): a q = 1 step makes 3 × 134.5 M = 404 M normals in 2.29 s
+(177 M/s) against 2.45 s for its two forwards: noise/forwards **0.93**, down from **9.8** with
+the former counter hash (460 M normals, tied tensors remade at each read, 24.0 s at 19 M/s);
+the whole step takes 5.10 s. Making z at each of its 3 uses is the floor without keeping it
+(a copy of θ); below ~0.9× here needs a faster generator than torch's (~4-5 ns a normal).
 A whole step is stored as ``StepRecord`` (q seeds, q scalars, lr, weight decay), so ``replay``
 reproduces a run's weights bit for bit from the initial weights (and the run's modules).
 """

@@ -41,6 +41,7 @@ from bbzo.blackbox.zo.population import (
     uniform_parents,
 )
 from bbzo.blackbox.zo.seeded import (
+    SeededChain,
     SeededPerturbation,
     SeededZO,
     StepRecord,
@@ -59,6 +60,6 @@ __all__ = [
     "magnitude_mask", "make_estimator", "make_module", "minimize", "Module", "MODULES", "momentum",
     "Objective", "OptimizeResult", "orthogonal", "population_minimize", "PopulationSearch",
     "Probe", "random_mask", "RankEstimator", "replay", "resample_mutation", "resample_rows", "RGE",
-    "row_crossover", "seeded_normal", "SeededPerturbation", "SeededZO", "sign", "standardize",
+    "row_crossover", "seeded_normal", "SeededChain", "SeededPerturbation", "SeededZO", "sign", "standardize",
     "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step", "ZOFunction",
 ]

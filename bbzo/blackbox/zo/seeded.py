@@ -337,11 +337,6 @@ def _acts_on_values_only(m: Module) -> bool:
             and all(getattr(type(m), h, None) is getattr(Module, h, None) for h in _VECTOR_HOOKS))
 
 
-def _rule_hook(m: Module) -> Callable[[torch.Tensor, Any, Context], tuple[torch.Tensor, Any]]:
-    """An update rule's hook: ``update`` (``gradient`` where the protocol has no update stage)."""
-    return getattr(m, "update", m.gradient)
-
-
 def _flatten(modules: Module | Sequence[Module]) -> tuple[Module, ...]:
     return chain(*((modules,) if isinstance(modules, Module) else modules)).modules
 
@@ -471,7 +466,7 @@ class SeededChain:
         ctx = Context(g, self.step, torch.Generator(), math.nan)  # the rules read no ctx
         for k, m in enumerate(self.update_rules):
             states = self._rule_states[k]
-            g, states[index] = _rule_hook(m)(g, states[index] if index in states else m.init(g),
+            g, states[index] = m.update(g, states[index] if index in states else m.init(g),
                                              ctx)
         return g.view_as(estimate)
 

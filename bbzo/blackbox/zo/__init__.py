@@ -60,6 +60,6 @@ __all__ = [
     "magnitude_mask", "make_estimator", "make_module", "minimize", "Module", "MODULES", "momentum",
     "Objective", "OptimizeResult", "orthogonal", "population_minimize", "PopulationSearch",
     "Probe", "random_mask", "RankEstimator", "replay", "resample_mutation", "resample_rows", "RGE",
-    "row_crossover", "seeded_normal", "SeededChain", "SeededPerturbation", "SeededZO", "sign", "standardize",
-    "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step", "ZOFunction",
+    "row_crossover", "seeded_normal", "SeededChain", "SeededPerturbation", "SeededZO", "sign",
+    "standardize", "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step", "ZOFunction",
 ]

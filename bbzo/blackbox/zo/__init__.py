@@ -61,5 +61,6 @@ __all__ = [
     "Objective", "OptimizeResult", "orthogonal", "population_minimize", "PopulationSearch",
     "Probe", "random_mask", "RankEstimator", "replay", "resample_mutation", "resample_rows", "RGE",
     "row_crossover", "seeded_normal", "SeededChain", "SeededPerturbation", "SeededZO", "sign",
-    "standardize", "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step", "ZOFunction",
+    "standardize", "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step",
+    "ZOFunction",
 ]

@@ -206,15 +206,14 @@ def test_without_logprobs_a_flagged_sampling_estimate(served_letters, letters_di
 def test_concurrent_requests_all_answered_once(quick):
     with start_server(quick, model_name=NAME, faults=Faults(latency_s=0.1)) as server:
         target = client(server)
-        start = time.perf_counter()
         responses = QueryLayer(target, concurrency=8).submit(chats(32))
-        elapsed = time.perf_counter() - start
         target.close()
         stats = server.stats()
     assert len(responses) == 32 and all(r.output["finish_reason"] for r in responses)
     assert sorted(answered(stats).values()) == [1] * 32
+    # Concurrency measured at the server, not by wall time (a timing bound fails on a loaded
+    # machine): at least 4 of the 8 allowed requests were in flight at once.
     assert 4 <= stats["peak_inflight"] <= 8
-    assert elapsed < 32 * 0.1 / 2  # one at a time would take 3.2 s
 
 
 def test_injected_429_500_and_timeouts_survived_without_loss_or_duplicates(quick, tmp_path):

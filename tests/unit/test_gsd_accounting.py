@@ -35,13 +35,11 @@ def test_cks_is_below_the_simple_bound_and_inverts():
 def test_cks_against_opendp():
     dp = pytest.importorskip("opendp.prelude", reason="opendp not installed (optional)")
     dp.enable_features("contrib")
-    measure = dp.zero_concentrated_divergence()
-    space = dp.atom_domain(T=float), dp.absolute_distance(T=float)
-    meas = dp.m.make_gaussian(*space, scale=1.0)
-    approx = dp.c.make_zCDP_to_approxDP(meas)
-    curve = approx.map(0.5)  # ρ = 0.5² / 2 = 0.125
-    assert measure is not None
-    assert curve.epsilon(1e-3) == pytest.approx(epsilon_from_rho(0.125, 1e-3), rel=1e-9)
+    gaussian = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
+                                  dp.absolute_distance(T=float), scale=2.0)
+    curve = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)  # ρ = 1² / (2·2²) = 0.125
+    for delta in (1e-3, 1e-6):
+        assert curve.epsilon(delta) == pytest.approx(epsilon_from_rho(0.125, delta), rel=1e-9)
 
 
 def test_gaussian_and_exponential_conversions():

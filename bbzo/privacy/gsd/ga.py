@@ -1,0 +1,140 @@
+"""The genetic algorithm of Private-GSD as operators and an objective for the engine's
+``PopulationSearch``: one-cell mutation and crossover of a synthetic table, and a marginal
+fitness scored incrementally from each child's parent.
+
+A child differs from its parent in one cell (row r, column c). Its marginal counts are the
+parent's with the old row's cell moved to the new row's cell in every workload containing c
+(workloads without c keep their cell, so they are untouched: a sparse delta of at most two
+cells per such workload); its loss ‖q(D′)/N′ − â‖² changes only in those cells. Children keep
+their table and counts as a ``Patch`` of the parent's arrays, copied in full only if the child
+becomes a parent itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bbzo.blackbox.zo.population import Brood, Child
+from bbzo.privacy.gsd.queries import Marginals
+
+
+class Patch:
+    """An array equal to ``base`` except at ``index``, where it holds ``values`` (or, with
+    ``add``, base + values; indices must then be distinct). Made in O(changes); ``array()``
+    copies the base once, on first use, and drops the reference to it."""
+
+    __slots__ = ("_base", "_index", "_values", "_add", "_array")
+
+    def __init__(self, base: np.ndarray, index: Any, values: Any, *, add: bool = False) -> None:
+        self._base, self._index, self._values, self._add = base, index, values, add
+        self._array: np.ndarray | None = None
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            out = self._base.copy()
+            if self._add:
+                out[self._index] += self._values
+            else:
+                out[self._index] = self._values
+            self._array, self._base = out, None
+        return self._array
+
+
+def as_array(value: np.ndarray | Patch) -> np.ndarray:
+    """The plain array of a candidate table or its statistics."""
+    return value.array() if isinstance(value, Patch) else value
+
+
+def one_cell_mutation(sizes: Sequence[int]):
+    """Batched mutation: each child is its parent table with one random cell redrawn uniformly
+    from its column's domain; ``changes`` = (row, column, new code)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+
+    def mutate(parents: list[Any], rng: np.random.Generator) -> list[Child]:
+        if not parents:
+            return []
+        tables = [as_array(p) for p in parents]
+        n, m = tables[0].shape
+        rows, cols = rng.integers(n, size=len(tables)), rng.integers(m, size=len(tables))
+        codes = rng.integers(0, sizes[cols])
+        return [Child(Patch(t, (r, c), v), i, (r, c, v))
+                for i, (t, r, c, v) in enumerate(zip(tables, rows, cols, codes, strict=True))]
+
+    return mutate
+
+
+def one_cell_crossover(firsts: list[Any], seconds: list[Any],
+                       rng: np.random.Generator) -> list[Child]:
+    """Batched crossover: each child is the first parent with one random cell (r, c) set to
+    column c of a random row of the second parent; ``changes`` = (row, column, new code)."""
+    if not firsts:
+        return []
+    a = [as_array(p) for p in firsts]
+    b = [as_array(p) for p in seconds]
+    n, m = a[0].shape
+    k = len(a)
+    rows, cols, donors = rng.integers(n, size=k), rng.integers(m, size=k), rng.integers(n, size=k)
+    return [Child(Patch(t, (r, c), s[d, c]), i, (r, c, s[d, c]))
+            for i, (t, s, r, c, d) in enumerate(zip(a, b, rows, cols, donors, strict=True))]
+
+
+class MarginalFitness:
+    """Batched objective over a ``Brood`` of synthetic tables (N′, m): the squared ℓ2 distance
+    ‖counts/N′ − target‖² of their marginal answers to ``target`` (cells,), the noisy answers.
+
+    ``Child.stats`` holds each candidate's counts (cells,) int64; a child with a parent and
+    ``changes`` is scored from its parent's counts and loss (see the module docstring), any
+    other candidate by a full count. ``rows_counted`` tallies the table rows read.
+    """
+
+    def __init__(self, marginals: Marginals, target: np.ndarray, rows: int) -> None:
+        self.marginals = marginals
+        self.target = np.asarray(target, dtype=np.float64)
+        self.rows = rows
+        self.rows_counted = 0
+
+    def full(self, child: Child) -> float:
+        """Count ``child``'s table from scratch; its loss."""
+        table = as_array(child.value)
+        counts = self.marginals.counts(table)
+        child.stats = counts
+        self.rows_counted += len(table)
+        return float(np.sum((counts / self.rows - self.target) ** 2))
+
+    def __call__(self, brood: Brood) -> np.ndarray:
+        losses = np.empty(len(brood.children))
+        known = [i for i, c in enumerate(brood.children)
+                 if c.parent is not None and c.changes is not None]
+        for i, child in enumerate(brood.children):
+            if child.parent is None or child.changes is None:
+                losses[i] = self.full(child)
+        if not known:
+            return losses
+        by_parent: dict[int, list[int]] = {}  # children of one parent record, by identity
+        for i in known:
+            by_parent.setdefault(id(brood.parents[brood.children[i].parent]), []).append(i)
+        h = 1.0 / self.rows
+        for group in by_parent.values():
+            parent = brood.parents[brood.children[group[0]].parent]
+            table, counts = as_array(parent.value), as_array(parent.stats)
+            changes = np.array([brood.children[i].changes for i in group], dtype=np.int64)
+            old = table[changes[:, 0]].astype(np.int64)
+            new = old.copy()
+            new[np.arange(len(group)), changes[:, 1]] = changes[:, 2]
+            cell_old = self.marginals.cell_index(old)
+            cell_new = self.marginals.cell_index(new)
+            moved = (cell_old != cell_new).astype(np.int64)
+            res_old = counts[cell_old] * h - self.target[cell_old]
+            res_new = counts[cell_new] * h - self.target[cell_new]
+            delta = (moved * (2.0 * h * (res_new - res_old) + 2.0 * h * h)).sum(axis=1)
+            # unmoved workloads add +0 and −0 at one cell: a repeated index with equal values
+            index = np.concatenate([cell_new, cell_old], axis=1)
+            steps = np.concatenate([moved, -moved], axis=1)
+            self.rows_counted += 2 * len(group)
+            for j, i in enumerate(group):
+                brood.children[i].stats = Patch(counts, index[j], steps[j], add=True)
+                losses[i] = parent.loss + delta[j]
+        return losses

@@ -1,0 +1,193 @@
+"""``PrivateGSD``: fit a differentially private synthetic table, then sample from it.
+
+Privacy: the only access to the private table is through the mechanisms, each charged to the
+``PrivacyLedger`` before its noise is drawn; the genetic algorithm sees the noisy answers only,
+so the synthetic table is post-processing. The budget is ρ = ``rho_from_epsilon(ε, δ)``
+(δ defaults to 1/N², N public).
+
+* ``oneshot``: every workload of the query classes gets ρ/w: Gaussian noise with
+  σ = (√2/N)/√(2ρ/w) on its normalised counts; the GA fits all of them.
+* ``adaptive``: T rounds of ρ/T each: half selects K unmeasured workloads by Gumbel top-K on
+  their current largest error (sensitivity 1/N), half measures them (ρ/(2TK) each); the GA
+  fits every workload measured so far, warm-started from the previous round's table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bbzo.blackbox.zo.population import Child, PopulationSearch, population_minimize
+from bbzo.checks import int_at_least, one_of, positive
+from bbzo.errors import InputError
+from bbzo.privacy.gsd.accounting import PrivacyLedger, check_delta, rho_from_epsilon
+from bbzo.privacy.gsd.domain import Domain
+from bbzo.privacy.gsd.ga import MarginalFitness, as_array, one_cell_crossover, one_cell_mutation
+from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
+from bbzo.privacy.gsd.queries import (
+    Marginals,
+    Workload,
+    class_workloads,
+    marginal_sensitivity,
+    parse_query_classes,
+    workload_label,
+    workload_max_errors,
+)
+from bbzo.runs import RunFolder
+
+MODES = ("oneshot", "adaptive")
+Progress = Callable[[str, int, int], None]
+
+
+class PrivateGSD:
+    """Private-GSD synthesizer (scikit-learn-like: plain constructor, ``fit``, ``sample``).
+
+    Args:
+        epsilon: ε > 0 of the (ε, δ)-DP guarantee.
+        delta: δ in (0, 1); None: 1/N² for the N private rows.
+        queries: query classes to preserve ("1way", "2way", "3way"), a sequence or "2way,3way".
+        mode: "oneshot" or "adaptive".
+        rows: synthetic rows N′.
+        generations: most GA generations in all (split evenly over adaptive rounds).
+        rounds: adaptive rounds T (default: ⌈workloads / top_k⌉, at most 10).
+        top_k: workloads selected per adaptive round.
+        elite: elite size of the population search; children: children per generation (half
+            mutations, half crossovers).
+        patience: stop a GA fit when its loss improved by less than ``tolerance`` (relative)
+            over this many generations (default: ``rows``).
+        seed: seeds the noise, the GA and ``sample``.
+
+    Attributes after ``fit``: ``synthetic_`` (N′, m) int64 codes, ``domain_``, ``ledger_``,
+    ``summary_`` (privacy-safe: ε, δ, ρ, ρ per mechanism, generations, seconds).
+    """
+
+    def __init__(self, epsilon: float, delta: float | None = None, *,
+                 queries: str | tuple[str, ...] = ("2way",), mode: str = "oneshot",
+                 rows: int = 2000, generations: int = 20000, rounds: int | None = None,
+                 top_k: int = 5, elite: int = 5, children: int = 100,
+                 patience: int | None = None, tolerance: float = 1e-4, seed: int = 0) -> None:
+        self.epsilon = positive("epsilon", epsilon)
+        self.delta = None if delta is None else check_delta(delta)
+        self.queries = parse_query_classes(queries)
+        self.mode = one_of("mode", mode, MODES)
+        self.rows = int_at_least("rows", rows, 2)
+        self.generations = int_at_least("generations", generations)
+        self.rounds = None if rounds is None else int_at_least("rounds", rounds)
+        self.top_k = int_at_least("top_k", top_k)
+        self.elite = int_at_least("elite", elite)
+        self.children = int_at_least("children", children)
+        self.patience = int_at_least("patience", patience if patience is not None else rows)
+        self.tolerance = positive("tolerance", tolerance)
+        self.seed = int_at_least("seed", seed, 0)
+
+    def fit(self, data: Any, domain: Domain | dict | str, *, run: RunFolder | None = None,
+            progress: Progress | None = None) -> PrivateGSD:
+        """Fit to ``data`` (CSV path, DataFrame or mapping of columns) over ``domain`` (a
+        ``Domain``, its dict or a JSON path). Every input check runs before any charge; with
+        ``run`` the ledger is written to its ``privacy_ledger.jsonl``."""
+        domain = domain if isinstance(domain, Domain) else (
+            Domain.from_dict(domain) if isinstance(domain, dict) else Domain.from_file(domain))
+        codes = domain.encode(data)
+        n = len(codes)
+        delta = self.delta if self.delta is not None else 1.0 / n ** 2
+        workloads = [w for q in self.queries for w in class_workloads(len(domain), q)]
+        if self.mode == "oneshot":
+            Marginals(domain.sizes, workloads)  # refuses an oversized workload set up front
+        rho = rho_from_epsilon(self.epsilon, delta)
+        rng = np.random.default_rng(self.seed)
+        self.domain_, self.ledger_ = domain, PrivacyLedger(rho, run)
+        start = time.perf_counter()
+        table = rng.integers(0, domain.sizes, (self.rows, len(domain)))
+        if self.mode == "oneshot":
+            measured = self._measure(codes, workloads, rho / len(workloads), rng)
+            table, generations = self._ga(table, measured, self.generations, rng, progress, "GA")
+        else:
+            table, generations = self._adaptive(codes, table, workloads, rho, rng, progress)
+        self.synthetic_ = table
+        self.summary_ = {
+            "epsilon": self.epsilon, "delta": delta, "rho": rho,
+            "rho_spent": self.ledger_.spent, "rho_by_mechanism": self.ledger_.by_mechanism(),
+            "mode": self.mode, "queries": list(self.queries), "rows": n,
+            "synthetic_rows": self.rows, "workloads": len(workloads),
+            "generations": generations, "seconds": time.perf_counter() - start,
+            "seed": self.seed}
+        return self
+
+    def sample(self, n: int | None = None) -> dict[str, list[str]]:
+        """``n`` synthetic rows (default N′: the fitted table itself; otherwise drawn from it
+        uniformly with replacement), decoded to the data's values, column name → values."""
+        return self.domain_.decode(self.sample_codes(n))
+
+    def sample_codes(self, n: int | None = None) -> np.ndarray:
+        """``n`` synthetic rows as (n, m) int64 codes (see ``sample``)."""
+        if not hasattr(self, "synthetic_"):
+            raise InputError("call fit(data, domain) before sample()")
+        if n is None:
+            return self.synthetic_.copy()
+        n = int_at_least("n", n)
+        rows = np.random.default_rng([self.seed, n]).integers(len(self.synthetic_), size=n)
+        return self.synthetic_[rows]
+
+    def _measure(self, codes: np.ndarray, workloads: list[Workload], rho: float,
+                 rng: np.random.Generator) -> dict[Workload, np.ndarray]:
+        """Noisy normalised answers of each workload, ``rho`` each."""
+        out = {}
+        for w in workloads:
+            one = Marginals(self.domain_.sizes, [w])
+            out[w] = gaussian_measure(one.answers(codes), sensitivity=marginal_sensitivity(
+                len(codes)), rho=rho, ledger=self.ledger_,
+                workload=workload_label(w, self.domain_.names), rng=rng)
+        return out
+
+    def _ga(self, table: np.ndarray, measured: dict[Workload, np.ndarray], generations: int,
+            rng: np.random.Generator, progress: Progress | None,
+            label: str) -> tuple[np.ndarray, int]:
+        """Run the population search from ``table`` against ``measured`` answers; the best
+        table and the generations run."""
+        marginals = Marginals(self.domain_.sizes, list(measured))
+        fitness = MarginalFitness(marginals, np.concatenate(list(measured.values())), self.rows)
+        start = Child(table)
+        search = PopulationSearch(
+            [start], mutate=one_cell_mutation(self.domain_.sizes), crossover=one_cell_crossover,
+            elite_size=self.elite, children=self.children, init_losses=[fitness.full(start)],
+            seed=int(rng.integers(2 ** 31)))
+        window: list[float] = []
+
+        def watch(record: dict) -> bool:
+            window.append(record["best"])
+            if progress is not None and (record["nit"] % 100 == 0 or record["nit"] == generations):
+                progress(label, record["nit"], generations)
+            if len(window) > self.patience:
+                old = window.pop(0)
+                return old - record["best"] <= self.tolerance * old
+            return False
+
+        result = population_minimize(fitness, search, generations=generations, callback=watch)
+        return as_array(result.x).copy(), result.nit
+
+    def _adaptive(self, codes: np.ndarray, table: np.ndarray, workloads: list[Workload],
+                  rho: float, rng: np.random.Generator,
+                  progress: Progress | None) -> tuple[np.ndarray, int]:
+        k = min(self.top_k, len(workloads))
+        rounds = self.rounds or min(10, math.ceil(len(workloads) / k))
+        if rounds * k > len(workloads):
+            raise InputError(f"{rounds} rounds of {k} workloads need {rounds * k} workloads, "
+                             f"the query classes give {len(workloads)}; lower rounds or top_k")
+        per_round = rho / rounds
+        left, measured, total = list(workloads), {}, 0
+        sensitivity = 1.0 / len(codes)
+        for t in range(rounds):
+            errors = workload_max_errors(self.domain_.sizes, left, codes, table)
+            picked = gumbel_top_k(errors, k, sensitivity=sensitivity, rho=per_round / 2,
+                                  ledger=self.ledger_, workload=f"select round {t + 1}", rng=rng)
+            chosen = [left[i] for i in sorted(picked)]
+            left = [w for w in left if w not in chosen]
+            measured.update(self._measure(codes, chosen, per_round / (2 * k), rng))
+            table, used = self._ga(table, measured, max(1, self.generations // rounds), rng,
+                                   progress, f"round {t + 1}/{rounds}")
+            total += used
+        return table, total

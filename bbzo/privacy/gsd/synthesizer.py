@@ -120,7 +120,8 @@ class PrivateGSD:
     def sample(self, n: int | None = None) -> dict[str, list[str]]:
         """``n`` synthetic rows (default N′: the fitted table itself; otherwise drawn from it
         uniformly with replacement), decoded to the data's values, column name → values."""
-        return self.domain_.decode(self.sample_codes(n))
+        codes = self.sample_codes(n)
+        return self.domain_.decode(codes)
 
     def sample_codes(self, n: int | None = None) -> np.ndarray:
         """``n`` synthetic rows as (n, m) int64 codes (see ``sample``)."""

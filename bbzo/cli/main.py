@@ -21,6 +21,7 @@ from bbzo.cli.info import info
 from bbzo.cli.ledger import ledger
 from bbzo.cli.models import models
 from bbzo.cli.serve import serve_command
+from bbzo.cli.synth import synth
 from bbzo.errors import BbzoError
 
 USAGE_EXIT = 2
@@ -89,6 +90,7 @@ cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(ledger)
 cli.add_command(serve_command)
+cli.add_command(synth)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

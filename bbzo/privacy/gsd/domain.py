@@ -125,9 +125,15 @@ class Domain:
         return cls.from_dict(spec)
 
     def encode(self, data: Any) -> np.ndarray:
-        """(N, m) int64 codes of ``data`` (a CSV path, a DataFrame or a mapping column →
-        values), columns in domain order. The data must have exactly the domain's columns and
+        """(N, m) int64 codes of ``data`` (a CSV path, a DataFrame, a mapping column →
+        values, or an (N, m) array of codes in domain order, checked), columns in domain
+        order. The data must have exactly the domain's columns and
         at least one row."""
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2 or data.shape[1] != len(self):
+                raise InputError(f"a code array must have shape (N, {len(self)}), got "
+                                 f"{data.shape}")
+            data = {n: data[:, j] for j, n in enumerate(self.names)}
         columns = read_columns(data)
         missing = [n for n in self.names if n not in columns]
         extra = [n for n in columns if n not in self.names]

@@ -24,8 +24,14 @@ import numpy as np
 from bbzo.blackbox.zo.population import Child, PopulationSearch, population_minimize
 from bbzo.checks import int_at_least, one_of, positive
 from bbzo.errors import InputError
-from bbzo.privacy.gsd.accounting import PrivacyLedger, check_delta, rho_from_epsilon
-from bbzo.privacy.gsd.domain import Domain
+from bbzo.privacy.gsd.accounting import (
+    LEDGER_FILE,
+    PrivacyLedger,
+    check_delta,
+    rho_from_epsilon,
+)
+from bbzo.privacy.gsd.domain import Domain, write_csv
+from bbzo.privacy.gsd.evaluate import NON_PRIVATE_NOTE, marginal_errors
 from bbzo.privacy.gsd.ga import MarginalFitness, as_array, one_cell_crossover, one_cell_mutation
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
@@ -89,14 +95,9 @@ class PrivateGSD:
         """Fit to ``data`` (CSV path, DataFrame or mapping of columns) over ``domain`` (a
         ``Domain``, its dict or a JSON path). Every input check runs before any charge; with
         ``run`` the ledger is written to its ``privacy_ledger.jsonl``."""
-        domain = domain if isinstance(domain, Domain) else (
-            Domain.from_dict(domain) if isinstance(domain, dict) else Domain.from_file(domain))
-        codes = domain.encode(data)
+        domain, codes, workloads = self.check(data, domain)
         n = len(codes)
         delta = self.delta if self.delta is not None else 1.0 / n ** 2
-        workloads = [w for q in self.queries for w in class_workloads(len(domain), q)]
-        if self.mode == "oneshot":
-            Marginals(domain.sizes, workloads)  # refuses an oversized workload set up front
         rho = rho_from_epsilon(self.epsilon, delta)
         rng = np.random.default_rng(self.seed)
         self.domain_, self.ledger_ = domain, PrivacyLedger(rho, run)
@@ -116,6 +117,29 @@ class PrivateGSD:
             "generations": generations, "seconds": time.perf_counter() - start,
             "seed": self.seed}
         return self
+
+    def check(self, data: Any, domain: Domain | dict | str
+              ) -> tuple[Domain, np.ndarray, list[Workload]]:
+        """Every input check of ``fit``, with no side effect: the domain, the (N, m) codes and
+        the workloads of the query classes."""
+        domain = domain if isinstance(domain, Domain) else (
+            Domain.from_dict(domain) if isinstance(domain, dict) else Domain.from_file(domain))
+        codes = domain.encode(data)
+        workloads = [w for q in self.queries for w in class_workloads(len(domain), q)]
+        if self.mode == "oneshot":
+            Marginals(domain.sizes, workloads)  # refuses an oversized workload set
+        else:
+            self._schedule(len(workloads))
+        return domain, codes, workloads
+
+    def _schedule(self, workloads: int) -> tuple[int, int]:
+        """Adaptive (rounds, workloads per round)."""
+        k = min(self.top_k, workloads)
+        rounds = self.rounds or min(10, math.ceil(workloads / k))
+        if rounds * k > workloads:
+            raise InputError(f"{rounds} rounds of {k} workloads need {rounds * k} workloads, "
+                             f"the query classes give {workloads}; lower rounds or top_k")
+        return rounds, k
 
     def sample(self, n: int | None = None) -> dict[str, list[str]]:
         """``n`` synthetic rows (default N′: the fitted table itself; otherwise drawn from it
@@ -173,11 +197,7 @@ class PrivateGSD:
     def _adaptive(self, codes: np.ndarray, table: np.ndarray, workloads: list[Workload],
                   rho: float, rng: np.random.Generator,
                   progress: Progress | None) -> tuple[np.ndarray, int]:
-        k = min(self.top_k, len(workloads))
-        rounds = self.rounds or min(10, math.ceil(len(workloads) / k))
-        if rounds * k > len(workloads):
-            raise InputError(f"{rounds} rounds of {k} workloads need {rounds * k} workloads, "
-                             f"the query classes give {len(workloads)}; lower rounds or top_k")
+        rounds, k = self._schedule(len(workloads))
         per_round = rho / rounds
         left, measured, total = list(workloads), {}, 0
         sensitivity = 1.0 / len(codes)
@@ -192,3 +212,23 @@ class PrivateGSD:
                                    progress, f"round {t + 1}/{rounds}")
             total += used
         return table, total
+
+
+def fit_to_run(gsd: PrivateGSD, data: Any, domain: Domain, run: RunFolder, *,
+               order: list[str], evaluate: bool = False,
+               progress: Progress | None = None) -> dict:
+    """Fit ``gsd`` on checked ``data`` (see ``PrivateGSD.check``) and write the run folder:
+    ``privacy_ledger.jsonl`` (during the fit), ``synthetic.csv`` (columns ``order``, the
+    data's encoding) and ``summary.json``. With ``evaluate`` the summary gains
+    ``evaluation`` (errors per query class, measured on the true data and marked
+    non-private). Returns the summary."""
+    gsd.fit(data, domain, run=run, progress=progress)
+    with run.atomic("synthetic.csv") as tmp:
+        write_csv(tmp, gsd.sample(), order)
+    summary = {**gsd.summary_, "files": ["config.json", LEDGER_FILE, "synthetic.csv",
+                                         "summary.json"]}
+    if evaluate:
+        errors = marginal_errors(domain.sizes, domain.encode(data), gsd.synthetic_, gsd.queries)
+        summary["evaluation"] = {"non_private": True, "note": NON_PRIVATE_NOTE, **errors}
+    run.write_summary(summary)
+    return summary

@@ -48,6 +48,12 @@ def as_array(value: np.ndarray | Patch) -> np.ndarray:
     return value.array() if isinstance(value, Patch) else value
 
 
+def code_dtype(sizes: Sequence[int]) -> np.dtype:
+    """The smallest unsigned integer type holding codes below ``sizes`` (tables are copied
+    whole when a child becomes a parent: small cells copy fast)."""
+    return np.min_scalar_type(max(int(np.max(sizes)) - 1, 0))
+
+
 def one_cell_mutation(sizes: Sequence[int]):
     """Batched mutation: each child is its parent table with one random cell redrawn uniformly
     from its column's domain; ``changes`` = (row, column, new code)."""
@@ -85,7 +91,7 @@ class MarginalFitness:
     """Batched objective over a ``Brood`` of synthetic tables (N′, m): the squared ℓ2 distance
     ‖counts/N′ − target‖² of their marginal answers to ``target`` (cells,), the noisy answers.
 
-    ``Child.stats`` holds each candidate's counts (cells,) int64; a child with a parent and
+    ``Child.stats`` holds each candidate's counts (cells,) int32; a child with a parent and
     ``changes`` is scored from its parent's counts and loss (see the module docstring), any
     other candidate by a full count. ``rows_counted`` tallies the table rows read.
     """
@@ -99,7 +105,7 @@ class MarginalFitness:
     def full(self, child: Child) -> float:
         """Count ``child``'s table from scratch; its loss."""
         table = as_array(child.value)
-        counts = self.marginals.counts(table)
+        counts = self.marginals.counts(table).astype(np.int32)
         child.stats = counts
         self.rows_counted += len(table)
         return float(np.sum((counts / self.rows - self.target) ** 2))
@@ -126,7 +132,7 @@ class MarginalFitness:
             new[np.arange(len(group)), changes[:, 1]] = changes[:, 2]
             cell_old = self.marginals.cell_index(old)
             cell_new = self.marginals.cell_index(new)
-            moved = (cell_old != cell_new).astype(np.int64)
+            moved = (cell_old != cell_new).astype(np.int32)
             res_old = counts[cell_old] * h - self.target[cell_old]
             res_new = counts[cell_new] * h - self.target[cell_new]
             delta = (moved * (2.0 * h * (res_new - res_old) + 2.0 * h * h)).sum(axis=1)

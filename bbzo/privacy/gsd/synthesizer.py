@@ -32,7 +32,13 @@ from bbzo.privacy.gsd.accounting import (
 )
 from bbzo.privacy.gsd.domain import Domain, write_csv
 from bbzo.privacy.gsd.evaluate import NON_PRIVATE_NOTE, marginal_errors
-from bbzo.privacy.gsd.ga import MarginalFitness, as_array, one_cell_crossover, one_cell_mutation
+from bbzo.privacy.gsd.ga import (
+    MarginalFitness,
+    as_array,
+    code_dtype,
+    one_cell_crossover,
+    one_cell_mutation,
+)
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
     Marginals,
@@ -67,8 +73,9 @@ class PrivateGSD:
             over this many generations (default: ``rows``).
         seed: seeds the noise, the GA and ``sample``.
 
-    Attributes after ``fit``: ``synthetic_`` (N′, m) int64 codes, ``domain_``, ``ledger_``,
-    ``summary_`` (privacy-safe: ε, δ, ρ, ρ per mechanism, generations, seconds).
+    Attributes after ``fit``: ``synthetic_`` (N′, m) codes (smallest unsigned dtype),
+    ``domain_``, ``ledger_``, ``summary_`` (privacy-safe: ε, δ, ρ, ρ per mechanism,
+    generations, seconds).
     """
 
     def __init__(self, epsilon: float, delta: float | None = None, *,
@@ -102,7 +109,8 @@ class PrivateGSD:
         rng = np.random.default_rng(self.seed)
         self.domain_, self.ledger_ = domain, PrivacyLedger(rho, run)
         start = time.perf_counter()
-        table = rng.integers(0, domain.sizes, (self.rows, len(domain)))
+        table = rng.integers(0, domain.sizes, (self.rows, len(domain))).astype(
+            code_dtype(domain.sizes))
         if self.mode == "oneshot":
             measured = self._measure(codes, workloads, rho / len(workloads), rng)
             table, generations = self._ga(table, measured, self.generations, rng, progress, "GA")
@@ -148,7 +156,7 @@ class PrivateGSD:
         return self.domain_.decode(codes)
 
     def sample_codes(self, n: int | None = None) -> np.ndarray:
-        """``n`` synthetic rows as (n, m) int64 codes (see ``sample``)."""
+        """``n`` synthetic rows as (n, m) codes (see ``sample``)."""
         if not hasattr(self, "synthetic_"):
             raise InputError("call fit(data, domain) before sample()")
         if n is None:

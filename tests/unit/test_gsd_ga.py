@@ -13,14 +13,14 @@ from bbzo.privacy.gsd.ga import (
     MarginalFitness,
     Patch,
     as_array,
+    marginal_start,
     one_cell_crossover,
     one_cell_mutation,
 )
 from bbzo.privacy.gsd.queries import Marginals, class_workloads
 from bbzo.privacy.gsd.synthesizer import PrivateGSD
 
-ADULT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "adult"
-ADULT = ADULT if ADULT.is_dir() else Path("/work/shared/data/adult")
+ADULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "adult"
 SLICE = ["workclass", "education-num", "marital-status", "sex", "income>50K"]
 SIZES = np.array([4, 3, 5, 2, 6])
 
@@ -69,6 +69,25 @@ def test_population_search_with_incremental_fitness_matches_exact_loss():
     best = as_array(result.x)
     assert result.fun == pytest.approx(np.sum((m.answers(best) - target) ** 2), rel=1e-9)
     assert result.fun < 0.5 * result.history[0]["best"]
+
+
+def test_marginal_start_draws_columns_from_the_implied_one_way_marginals():
+    rng = np.random.default_rng(3)
+    data = np.stack([rng.choice(4, 5000, p=[0.7, 0.1, 0.1, 0.1]), rng.integers(0, 3, 5000),
+                     rng.choice(5, 5000, p=[0.05, 0.05, 0.1, 0.1, 0.7]),
+                     rng.integers(0, 2, 5000), rng.integers(0, 6, 5000)], axis=1)
+    workloads = [(0, 1), (1, 2), (0, 2)]
+    m = Marginals(SIZES, workloads)
+    answers = m.answers(data)
+    measured = {w: answers[part] for w, part in zip(workloads, m.slices, strict=True)}
+    start = marginal_start(SIZES, measured, 4000, np.random.default_rng(4))
+    assert start.shape == (4000, 5) and (start < SIZES).all()
+    for j in (0, 1, 2):
+        truth = np.bincount(data[:, j], minlength=SIZES[j]) / 5000
+        np.testing.assert_allclose(np.bincount(start[:, j], minlength=SIZES[j]) / 4000, truth,
+                                   atol=0.03)
+    # columns 3 and 4 are in no workload: uniform
+    np.testing.assert_allclose(np.bincount(start[:, 4], minlength=6) / 4000, 1 / 6, atol=0.03)
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,27 @@ class MarginalFitness:
                 brood.children[i].stats = Patch(counts, index[j], steps[j], add=True)
                 losses[i] = parent.loss + delta[j]
         return losses
+
+
+def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndarray],
+                   rows: int, rng: np.random.Generator) -> np.ndarray:
+    """A starting table (rows, m) whose columns are drawn independently from the 1-way
+    marginals implied by the noisy answers (each workload's answers summed over its other
+    columns, averaged over the workloads containing the column with weights inverse to the
+    cells summed (noise variance), negatives clipped; uniform
+    for a column no workload contains). Post-processing of private answers only."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    table = np.empty((rows, len(sizes)), dtype=code_dtype(sizes))
+    for j, size in enumerate(sizes):
+        parts, weights = [], []
+        for w, answers in measured.items():
+            if j in w:
+                shape = tuple(int(sizes[c]) for c in w)
+                axes = tuple(i for i, c in enumerate(w) if c != j)
+                parts.append(answers.reshape(shape).sum(axis=axes))
+                weights.append(size / answers.size)  # noise variance ∝ cells summed
+        p = np.clip(np.average(parts, axis=0, weights=weights), 0.0, None) if parts \
+            else np.ones(size)
+        p = p / p.sum() if p.sum() > 0 else np.full(size, 1.0 / size)
+        table[:, j] = rng.choice(size, size=rows, p=p)
+    return table

@@ -10,6 +10,9 @@ so the synthetic table is post-processing. The budget is ρ = ``rho_from_epsilon
 * ``adaptive``: T rounds of ρ/T each: half selects K unmeasured workloads by Gumbel top-K on
   their current largest error (sensitivity 1/N), half measures them (ρ/(2TK) each); the GA
   fits every workload measured so far, warm-started from the previous round's table.
+
+The GA starts from a table drawn from the 1-way marginals implied by the first noisy answers
+(``ga.marginal_start``: post-processing, no extra budget).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from bbzo.privacy.gsd.ga import (
     MarginalFitness,
     as_array,
     code_dtype,
+    marginal_start,
     one_cell_crossover,
     one_cell_mutation,
 )
@@ -113,6 +117,7 @@ class PrivateGSD:
             code_dtype(domain.sizes))
         if self.mode == "oneshot":
             measured = self._measure(codes, workloads, rho / len(workloads), rng)
+            table = marginal_start(domain.sizes, measured, self.rows, rng)
             table, generations = self._ga(table, measured, self.generations, rng, progress, "GA")
         else:
             table, generations = self._adaptive(codes, table, workloads, rho, rng, progress)
@@ -216,6 +221,8 @@ class PrivateGSD:
             chosen = [left[i] for i in sorted(picked)]
             left = [w for w in left if w not in chosen]
             measured.update(self._measure(codes, chosen, per_round / (2 * k), rng))
+            if t == 0:
+                table = marginal_start(self.domain_.sizes, measured, self.rows, rng)
             table, used = self._ga(table, measured, max(1, self.generations // rounds), rng,
                                    progress, f"round {t + 1}/{rounds}")
             total += used

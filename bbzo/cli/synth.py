@@ -33,17 +33,21 @@ def synth() -> None:
               help="Synthetic rows N'.")
 @click.option("--generations", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Most GA generations in all.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Adaptive rounds T [default: workloads / top-k, at most 10].")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Workloads selected and measured per adaptive round.")
 @click.option("--evaluate", is_flag=True,
               help="Add marginal errors against the true data to the summary (NOT private).")
 @run_options
 def fit(data: Path, domain_file: Path, epsilon: float, delta: float | None, queries: str,
-        mode: str, rows: int, generations: int, evaluate: bool, out: Path | None, seed: int,
-        resume: bool, json_output: bool) -> None:
+        mode: str, rows: int, generations: int, rounds: int | None, top_k: int, evaluate: bool,
+        out: Path | None, seed: int, resume: bool, json_output: bool) -> None:
     """Fit a private synthetic table; writes synthetic.csv, privacy_ledger.jsonl,
     summary.json and config.json to --out."""
     try:
         gsd = PrivateGSD(epsilon, delta, queries=queries, mode=mode, rows=rows,
-                         generations=generations, seed=seed)
+                         generations=generations, rounds=rounds, top_k=top_k, seed=seed)
         columns = read_csv(data)
         domain, codes, _ = gsd.check(columns, Domain.from_file(domain_file))
     except InputError as error:
@@ -51,7 +55,8 @@ def fit(data: Path, domain_file: Path, epsilon: float, delta: float | None, quer
     run = open_run(out, resume=resume, command="synth")
     run.write_config({"data": str(data), "domain": str(domain_file), "epsilon": epsilon,
                       "delta": delta, "queries": queries, "mode": mode, "rows": rows,
-                      "generations": generations, "evaluate": evaluate}, seed)
+                      "generations": generations, "rounds": rounds, "top_k": top_k,
+                      "evaluate": evaluate}, seed)
     with progress_bars() as progress:
         summary = fit_to_run(gsd, codes, domain, run, order=list(columns), evaluate=evaluate,
                              progress=progress)

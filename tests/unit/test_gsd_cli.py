@@ -99,6 +99,7 @@ def test_outputs_depend_on_the_data_only_through_the_mechanisms(files, monkeypat
     ({"args": ["--queries", "2way,halfspace"]}, "unknown query class"),
     ({"rows": []}, "no rows"),
     ({"domain": "not json"}, "not valid JSON"),
+    ({"args": ["--mode", "adaptive", "--rounds", "3", "--top-k", "2"]}, "6 workloads"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(files, change, message):
     tmp, data, domain = files

@@ -130,3 +130,7 @@ def test_private_gsd_checks_inputs_before_spending():
     with pytest.raises(InputError, match="cells"):
         PrivateGSD(1.0, queries="3way").fit({"a": [0], "b": [0], "c": [0]},
                                             {"a": 300, "b": 300, "c": 300})
+    four = {c: [0] for c in "abcd"}
+    with pytest.raises(InputError, match="may measure 27,000,000 cells"):
+        PrivateGSD(1.0, queries="3way", mode="adaptive", rounds=1, top_k=1).fit(
+            four, {"a": 300, "b": 300, "c": 300, "d": 1})

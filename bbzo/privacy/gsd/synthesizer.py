@@ -45,6 +45,7 @@ from bbzo.privacy.gsd.ga import (
 )
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
+    MAX_CELLS,
     Marginals,
     Workload,
     class_workloads,
@@ -142,16 +143,22 @@ class PrivateGSD:
         if self.mode == "oneshot":
             Marginals(domain.sizes, workloads)  # refuses an oversized workload set
         else:
-            self._schedule(len(workloads))
+            self._schedule(workloads, domain.sizes)
         return domain, codes, workloads
 
-    def _schedule(self, workloads: int) -> tuple[int, int]:
-        """Adaptive (rounds, workloads per round)."""
-        k = min(self.top_k, workloads)
-        rounds = self.rounds or min(10, math.ceil(workloads / k))
-        if rounds * k > workloads:
+    def _schedule(self, workloads: list[Workload], sizes: np.ndarray) -> tuple[int, int]:
+        """Adaptive (rounds, workloads per round); refuses a schedule that could measure more
+        cells than the GA may hold."""
+        k = min(self.top_k, len(workloads))
+        rounds = self.rounds or min(10, math.ceil(len(workloads) / k))
+        if rounds * k > len(workloads):
             raise InputError(f"{rounds} rounds of {k} workloads need {rounds * k} workloads, "
-                             f"the query classes give {workloads}; lower rounds or top_k")
+                             f"the query classes give {len(workloads)}; lower rounds or top_k")
+        cells = sorted((int(np.prod(sizes[list(w)])) for w in workloads), reverse=True)
+        if sum(cells[:rounds * k]) > MAX_CELLS:
+            raise InputError(f"{rounds} rounds of {k} workloads may measure "
+                             f"{sum(cells[:rounds * k]):,} cells, more than {MAX_CELLS:,}; "
+                             f"lower rounds or top_k, or use coarser numeric bins")
         return rounds, k
 
     def sample(self, n: int | None = None) -> dict[str, list[str]]:
@@ -210,7 +217,7 @@ class PrivateGSD:
     def _adaptive(self, codes: np.ndarray, table: np.ndarray, workloads: list[Workload],
                   rho: float, rng: np.random.Generator,
                   progress: Progress | None) -> tuple[np.ndarray, int]:
-        rounds, k = self._schedule(len(workloads))
+        rounds, k = self._schedule(workloads, self.domain_.sizes)
         per_round = rho / rounds
         left, measured, total = list(workloads), {}, 0
         sensitivity = 1.0 / len(codes)

@@ -114,14 +114,12 @@ class PrivateGSD:
         rng = np.random.default_rng(self.seed)
         self.domain_, self.ledger_ = domain, PrivacyLedger(rho, run)
         start = time.perf_counter()
-        table = rng.integers(0, domain.sizes, (self.rows, len(domain))).astype(
-            code_dtype(domain.sizes))
         if self.mode == "oneshot":
             measured = self._measure(codes, workloads, rho / len(workloads), rng)
             table = marginal_start(domain.sizes, measured, self.rows, rng)
             table, generations = self._ga(table, measured, self.generations, rng, progress, "GA")
         else:
-            table, generations = self._adaptive(codes, table, workloads, rho, rng, progress)
+            table, generations = self._adaptive(codes, workloads, rho, rng, progress)
         self.synthetic_ = table
         self.summary_ = {
             "epsilon": self.epsilon, "delta": delta, "rho": rho,
@@ -214,9 +212,11 @@ class PrivateGSD:
         result = population_minimize(fitness, search, generations=generations, callback=watch)
         return as_array(result.x).copy(), result.nit
 
-    def _adaptive(self, codes: np.ndarray, table: np.ndarray, workloads: list[Workload],
-                  rho: float, rng: np.random.Generator,
-                  progress: Progress | None) -> tuple[np.ndarray, int]:
+    def _adaptive(self, codes: np.ndarray, workloads: list[Workload], rho: float,
+                  rng: np.random.Generator, progress: Progress | None) -> tuple[np.ndarray, int]:
+        """Rounds of select, measure, fit; round 1 selects against a uniform random table."""
+        sizes = self.domain_.sizes
+        table = rng.integers(0, sizes, (self.rows, len(sizes))).astype(code_dtype(sizes))
         rounds, k = self._schedule(workloads, self.domain_.sizes)
         per_round = rho / rounds
         left, measured, total = list(workloads), {}, 0

@@ -134,3 +134,11 @@ def test_private_gsd_checks_inputs_before_spending():
     with pytest.raises(InputError, match="may measure 27,000,000 cells"):
         PrivateGSD(1.0, queries="3way", mode="adaptive", rounds=1, top_k=1).fit(
             four, {"a": 300, "b": 300, "c": 300, "d": 1})
+
+
+def test_early_stopping_ends_a_stalled_fit(adult_slice):
+    data, domain = adult_slice
+    patient = PrivateGSD(1.0, rows=50, generations=3000, patience=20, tolerance=0.5, seed=1)
+    assert patient.fit(data, domain).summary_["generations"] < 3000
+    never = PrivateGSD(1.0, rows=50, generations=300, patience=5000, tolerance=0.5, seed=1)
+    assert never.fit(data, domain).summary_["generations"] == 300

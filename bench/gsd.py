@@ -27,7 +27,7 @@ from bbzo.blackbox.zo.population import Brood, PopulationSearch, population_mini
 from bbzo.privacy.gsd.accounting import PrivacyLedger, rho_from_epsilon
 from bbzo.privacy.gsd.domain import Domain
 from bbzo.privacy.gsd.evaluate import marginal_errors
-from bbzo.privacy.gsd.ga import MarginalFitness, code_dtype, one_cell_crossover, one_cell_mutation
+from bbzo.privacy.gsd.ga import QueryFitness, code_dtype, one_cell_crossover, one_cell_mutation
 from bbzo.privacy.gsd.mechanisms import gaussian_measure
 from bbzo.privacy.gsd.queries import Marginals, class_workloads, marginal_sensitivity
 from bbzo.privacy.gsd.synthesizer import PrivateGSD
@@ -37,7 +37,7 @@ EPSILONS = (0.1, 0.5, 1.0)
 CLASSES = ("2way", "3way")  # GSD fits 2-way marginals; 3-way ones are held out
 
 
-def full_recount(fitness: MarginalFitness):
+def full_recount(fitness: QueryFitness):
     """The same objective scoring every child by a full count of its table."""
 
     def score(brood: Brood) -> np.ndarray:
@@ -49,7 +49,7 @@ def full_recount(fitness: MarginalFitness):
 def generations_per_second(domain: Domain, codes: np.ndarray, rows: int, generations: int,
                            incremental: bool) -> float:
     marginals = Marginals(domain.sizes, class_workloads(len(domain), "2way"))
-    fitness = MarginalFitness(marginals, marginals.answers(codes), rows)
+    fitness = QueryFitness(marginals, marginals.answers(codes), rows)
     start = np.random.default_rng(0).integers(0, domain.sizes, (rows, len(domain)))
     search = PopulationSearch([start.astype(code_dtype(domain.sizes))],
                               mutate=one_cell_mutation(domain.sizes),

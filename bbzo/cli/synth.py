@@ -26,7 +26,7 @@ def synth() -> None:
 @click.option("--epsilon", required=True, type=float, help="Privacy ε > 0.")
 @click.option("--delta", type=float, default=None, help="Privacy δ in (0, 1) [default: 1/N²].")
 @click.option("--queries", default="2way", show_default=True,
-              help="Query classes to preserve, comma-separated: 1way, 2way, 3way.")
+              help="Query classes to preserve, comma-separated: 1way, 2way, 3way, prefix.")
 @click.option("--mode", type=click.Choice(MODES), default="oneshot", show_default=True,
               help="oneshot: measure every workload; adaptive: select and measure in rounds.")
 @click.option("--rows", type=click.IntRange(min=2), default=2000, show_default=True,

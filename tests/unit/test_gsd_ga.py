@@ -10,14 +10,14 @@ from bbzo.blackbox.zo.population import Brood, Child, PopulationSearch, populati
 from bbzo.errors import InputError
 from bbzo.privacy.gsd.domain import Domain, read_csv
 from bbzo.privacy.gsd.ga import (
-    MarginalFitness,
     Patch,
+    QueryFitness,
     as_array,
     marginal_start,
     one_cell_crossover,
     one_cell_mutation,
 )
-from bbzo.privacy.gsd.queries import Marginals, class_workloads
+from bbzo.privacy.gsd.queries import Marginals, class_workloads, query_set
 from bbzo.privacy.gsd.synthesizer import PrivateGSD
 
 ADULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "adult"
@@ -36,9 +36,10 @@ def test_patch_copies_on_first_read_only():
 
 def test_operators_change_one_cell_and_incremental_fitness_equals_full_count():
     rng = np.random.default_rng(0)
-    m = Marginals(SIZES, class_workloads(5, "2way") + class_workloads(5, "3way"))
+    m = query_set(SIZES, class_workloads(5, "2way") + class_workloads(5, "3way")
+                  + class_workloads(5, "prefix"))
     target = m.answers(rng.integers(0, SIZES, (300, 5)))
-    fitness = MarginalFitness(m, target, 40)
+    fitness = QueryFitness(m, target, 40)
     a, b = (Child(rng.integers(0, SIZES, (40, 5))) for _ in range(2))
     for parent in (a, b):
         parent.loss = fitness.full(parent)
@@ -62,7 +63,7 @@ def test_population_search_with_incremental_fitness_matches_exact_loss():
     rng = np.random.default_rng(1)
     m = Marginals(SIZES, class_workloads(5, "2way"))
     target = m.answers(rng.integers(0, SIZES, (200, 5)) // 2)
-    fitness = MarginalFitness(m, target, 100)
+    fitness = QueryFitness(m, target, 100)
     search = PopulationSearch([rng.integers(0, SIZES, (100, 5))], mutate=one_cell_mutation(SIZES),
                               crossover=one_cell_crossover, elite_size=5, children=40, seed=2)
     result = population_minimize(fitness, search, generations=400)
@@ -116,6 +117,20 @@ def test_private_gsd_lowers_marginal_error_on_adult(adult_slice, mode):
     np.testing.assert_array_equal(again.fit(data, domain).synthetic_, gsd.synthetic_)
     sample = gsd.sample(10)
     assert list(sample) == SLICE and all(len(v) == 10 for v in sample.values())
+
+
+def test_private_gsd_fits_prefix_queries(adult_slice):
+    data, domain = adult_slice
+    gsd = PrivateGSD(1.0, queries="prefix", rows=200, generations=400, seed=0)
+    gsd.fit(data, domain)
+    q = query_set(domain.sizes, class_workloads(len(domain), "prefix"))
+    truth = q.answers(domain.encode(data))
+    start = np.random.default_rng(0).integers(0, domain.sizes, (200, len(domain)))
+    assert np.abs(q.answers(gsd.synthetic_) - truth).max() \
+        < 0.5 * np.abs(q.answers(start) - truth).max()
+    assert gsd.ledger_.charges[0].workload == "prefix workclass,education-num<=t"
+    with pytest.raises(InputError, match="oneshot mode only"):
+        PrivateGSD(1.0, queries="2way,prefix", mode="adaptive").fit(data, domain)
 
 
 def test_private_gsd_checks_inputs_before_spending():

@@ -12,9 +12,12 @@ from bbzo.privacy.gsd.accounting import PrivacyLedger, gaussian_sigma
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
     Marginals,
+    Prefix,
     class_workloads,
     marginal_sensitivity,
     parse_query_classes,
+    query_set,
+    sensitivity,
     workload_max_errors,
 )
 
@@ -55,8 +58,55 @@ def test_replace_one_sensitivity_bound_is_attained_and_never_exceeded():
     assert marginal_sensitivity(40) == pytest.approx(math.sqrt(2) / 40)
 
 
+def test_prefix_counts_changes_and_sensitivity():
+    rng = np.random.default_rng(5)
+    workloads = class_workloads(3, "prefix")
+    assert workloads == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    q = query_set(SIZES, workloads)
+    table = rng.integers(0, SIZES, (60, 3))
+    counts = q.counts(table)
+    for (a, j), part in zip(workloads, q.slices, strict=True):
+        brute = [np.sum((table[:, a] == c) & (table[:, j] <= t))
+                 for c in range(SIZES[a]) for t in range(SIZES[j])]
+        np.testing.assert_array_equal(counts[part], brute)
+    old = table[:40]
+    new = old.copy()
+    cols = rng.integers(0, 3, 40)
+    new[np.arange(40), cols] = rng.integers(0, SIZES[cols])
+    index, steps = q.changes(old, new)
+    for k in range(40):
+        changed = table.copy()
+        changed[k] = new[k]
+        moved = counts.copy()
+        np.add.at(moved, index[k], steps[k])
+        np.testing.assert_array_equal(moved, q.counts(changed))
+        nonzero = index[k][steps[k] != 0]
+        assert len(set(nonzero.tolist())) == len(nonzero)  # a repeated entry has step 0
+    assert sensitivity(Prefix(0, 2), SIZES, 60) == pytest.approx(math.sqrt(8) / 60)
+    assert sensitivity((0, 2), SIZES, 60) == pytest.approx(math.sqrt(2) / 60)
+
+
+def test_prefix_sensitivity_bound_is_attained_and_never_exceeded():
+    rng = np.random.default_rng(6)
+    q = query_set(SIZES, [Prefix(1, 2)])
+    table = rng.integers(0, SIZES, (30, 3))
+    bound = sensitivity(Prefix(1, 2), SIZES, 30)
+    gaps = []
+    for _ in range(300):
+        other = table.copy()
+        other[rng.integers(30)] = rng.integers(0, SIZES)
+        gaps.append(np.linalg.norm(q.answers(table) - q.answers(other)))
+    assert max(gaps) <= bound + 1e-12
+    other = table.copy()
+    other[0] = [0, 1 - table[0, 1], 0]  # other category, lowest threshold: 2·B_j entries move
+    old_row = table[0].copy()
+    table[0] = [0, old_row[1], 0]
+    assert np.linalg.norm(q.answers(table) - q.answers(other)) == pytest.approx(bound)
+
+
 def test_query_classes_and_workload_errors():
     assert parse_query_classes("2way, 3way,2way") == ("2way", "3way")
+    assert parse_query_classes("prefix") == ("prefix",)
     with pytest.raises(InputError, match="unknown query class 'halfspace'"):
         parse_query_classes("2way,halfspace")
     with pytest.raises(InputError, match="at least 3 columns"):

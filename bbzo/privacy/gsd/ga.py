@@ -1,11 +1,12 @@
 """The genetic algorithm of Private-GSD as operators and an objective for the engine's
-``PopulationSearch``: one-cell mutation and crossover of a synthetic table, and a marginal
-fitness scored incrementally from each child's parent.
+``PopulationSearch``: one-cell mutation and crossover of a synthetic table, and a fitness
+scored incrementally from each child's parent.
 
 A child differs from its parent in one cell (row r, column c). Its marginal counts are the
 parent's with the old row's cell moved to the new row's cell in every workload containing c
 (workloads without c keep their cell, so they are untouched: a sparse delta of at most two
-cells per such workload); its loss ‖q(D′)/N′ − â‖² changes only in those cells. Children keep
+cells per such workload; prefix workloads change in at most two rows of thresholds); its loss
+‖q(D′)/N′ − â‖² changes only in those entries (``changes`` of the query set). Children keep
 their table and counts as a ``Patch`` of the parent's arrays, copied in full only if the child
 becomes a parent itself.
 """
@@ -18,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from bbzo.blackbox.zo.population import Brood, Child
-from bbzo.privacy.gsd.queries import Marginals
+from bbzo.privacy.gsd.queries import Marginals, Prefix, Prefixes, QuerySet
 
 
 class Patch:
     """An array equal to ``base`` except at ``index``, where it holds ``values`` (or, with
-    ``add``, base + values; indices must then be distinct). Made in O(changes); ``array()``
+    ``add``, base plus the values summed per index). Made in O(changes); ``array()``
     copies the base once, on first use, and drops the reference to it."""
 
     __slots__ = ("_base", "_index", "_values", "_add", "_array")
@@ -36,7 +37,7 @@ class Patch:
         if self._array is None:
             out = self._base.copy()
             if self._add:
-                out[self._index] += self._values
+                np.add.at(out, self._index, self._values)
             else:
                 out[self._index] = self._values
             self._array, self._base = out, None
@@ -87,17 +88,19 @@ def one_cell_crossover(firsts: list[Any], seconds: list[Any],
             for i, (t, s, r, c, d) in enumerate(zip(a, b, rows, cols, donors, strict=True))]
 
 
-class MarginalFitness:
+class QueryFitness:
     """Batched objective over a ``Brood`` of synthetic tables (N′, m): the squared ℓ2 distance
-    ‖counts/N′ − target‖² of their marginal answers to ``target`` (cells,), the noisy answers.
+    ‖counts/N′ − target‖² of their answers to ``target`` (cells,), the noisy answers, for a
+    query set (``Marginals``, ``Prefixes`` or a ``QuerySet`` of both).
 
     ``Child.stats`` holds each candidate's counts (cells,) int32; a child with a parent and
     ``changes`` is scored from its parent's counts and loss (see the module docstring), any
     other candidate by a full count. ``rows_counted`` tallies the table rows read.
     """
 
-    def __init__(self, marginals: Marginals, target: np.ndarray, rows: int) -> None:
-        self.marginals = marginals
+    def __init__(self, queries: Marginals | Prefixes | QuerySet, target: np.ndarray,
+                 rows: int) -> None:
+        self.queries = queries
         self.target = np.asarray(target, dtype=np.float64)
         self.rows = rows
         self.rows_counted = 0
@@ -105,7 +108,7 @@ class MarginalFitness:
     def full(self, child: Child) -> float:
         """Count ``child``'s table from scratch; its loss."""
         table = as_array(child.value)
-        counts = self.marginals.counts(table).astype(np.int32)
+        counts = self.queries.counts(table).astype(np.int32)
         child.stats = counts
         self.rows_counted += len(table)
         return float(np.sum((counts / self.rows - self.target) ** 2))
@@ -117,8 +120,6 @@ class MarginalFitness:
         for i, child in enumerate(brood.children):
             if child.parent is None or child.changes is None:
                 losses[i] = self.full(child)
-        if not known:
-            return losses
         by_parent: dict[int, list[int]] = {}  # children of one parent record, by identity
         for i in known:
             by_parent.setdefault(id(brood.parents[brood.children[i].parent]), []).append(i)
@@ -130,15 +131,11 @@ class MarginalFitness:
             old = table[changes[:, 0]].astype(np.int64)
             new = old.copy()
             new[np.arange(len(group)), changes[:, 1]] = changes[:, 2]
-            cell_old = self.marginals.cell_index(old)
-            cell_new = self.marginals.cell_index(new)
-            moved = (cell_old != cell_new).astype(np.int32)
-            res_old = counts[cell_old] * h - self.target[cell_old]
-            res_new = counts[cell_new] * h - self.target[cell_new]
-            delta = (moved * (2.0 * h * (res_new - res_old) + 2.0 * h * h)).sum(axis=1)
-            # unmoved workloads add +0 and −0 at one cell: a repeated index with equal values
-            index = np.concatenate([cell_new, cell_old], axis=1)
-            steps = np.concatenate([moved, -moved], axis=1)
+            index, steps = self.queries.changes(old, new)
+            # an entry repeats only with step 0, so each changed entry counts once:
+            # (r + h·s)² − r² = 2·h·s·r + h²·s²
+            residual = counts[index] * h - self.target[index]
+            delta = (2.0 * h * steps * residual + (h * steps) ** 2).sum(axis=1)
             self.rows_counted += 2 * len(group)
             for j, i in enumerate(group):
                 brood.children[i].stats = Patch(counts, index[j], steps[j], add=True)
@@ -149,7 +146,7 @@ class MarginalFitness:
 def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndarray],
                    rows: int, rng: np.random.Generator) -> np.ndarray:
     """A starting table (rows, m) whose columns are drawn independently from the 1-way
-    marginals implied by the noisy answers (each workload's answers summed over its other
+    marginals implied by the noisy marginal answers (each workload's answers summed over its other
     columns, averaged over the workloads containing the column with weights inverse to the
     cells summed (noise variance), negatives clipped; uniform
     for a column no workload contains). Post-processing of private answers only."""
@@ -158,7 +155,7 @@ def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndar
     for j, size in enumerate(sizes):
         parts, weights = [], []
         for w, answers in measured.items():
-            if j in w:
+            if j in w and not isinstance(w, Prefix):
                 shape = tuple(int(sizes[c]) for c in w)
                 axes = tuple(i for i, c in enumerate(w) if c != j)
                 parts.append(answers.reshape(shape).sum(axis=axes))

@@ -1,4 +1,5 @@
-"""k-way marginal workloads of an integer-coded table, answered as normalised counts.
+"""Workloads of an integer-coded table, answered as normalised counts: k-way marginals and
+prefix queries.
 
 A workload is a tuple of column indices (a, b, ...); its marginal has one cell per combination
 of their codes, and its answer on a table of N rows is the (cells,) vector of counts / N.
@@ -9,6 +10,14 @@ in the same cell), so the count vector changes by at most −1 in one cell and +
 ℓ2 norm √(1² + 1²) = √2, and the normalised answer by √2/N. ``w`` workloads answered together
 change by at most √(2w)/N (each marginal can move at most one unit of mass). The largest
 absolute error of one workload's answers (used to select workloads) moves by at most 1/N.
+
+A prefix workload ``Prefix(a, j)`` (column j ordinal: its codes are ordered) has one query per
+code c of column a and threshold t of column j: the share of rows with x_a = c and x_j ≤ t,
+a non-differentiable threshold query. Replacing a row removes it from at most B_j = size_j
+queries and adds the new row to at most B_j, so the ℓ2 sensitivity is √(2·B_j)/N.
+
+Every query set tells, for a batch of rows changed from ``old`` to ``new``, which answer
+entries change and by how many counts (``changes``): what incremental fitness needs.
 """
 
 from __future__ import annotations
@@ -21,10 +30,17 @@ import numpy as np
 
 from bbzo.errors import InputError
 
-QUERY_CLASSES = {"1way": 1, "2way": 2, "3way": 3}
+QUERY_CLASSES = {"1way": 1, "2way": 2, "3way": 3, "prefix": 2}
 MAX_CELLS = 1 << 24  # cells a fitted workload set may hold (memory: 8 bytes each, several copies)
 
 Workload = tuple[int, ...]
+
+
+class Prefix(tuple):
+    """A prefix workload: (a, j), column a's codes × thresholds on ordinal column j."""
+
+    def __new__(cls, a: int, j: int) -> Prefix:
+        return super().__new__(cls, (int(a), int(j)))
 
 
 def parse_query_classes(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -39,12 +55,14 @@ def parse_query_classes(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def class_workloads(columns: int, query_class: str) -> list[Workload]:
-    """All workloads of a class on ``columns`` columns (every k-subset, in lexicographic
-    order)."""
+    """All workloads of a class on ``columns`` columns: every k-subset in lexicographic order
+    (k-way marginals) or every ordered pair (a, j), a ≠ j (prefix: ``Prefix``)."""
     k = QUERY_CLASSES[query_class]
     if k > columns:
-        raise InputError(f"{query_class} marginals need at least {k} columns, the domain has "
+        raise InputError(f"{query_class} queries need at least {k} columns, the domain has "
                          f"{columns}")
+    if query_class == "prefix":
+        return [Prefix(a, j) for a in range(columns) for j in range(columns) if a != j]
     return list(combinations(range(columns), k))
 
 
@@ -53,9 +71,37 @@ def marginal_sensitivity(rows: int, workloads: int = 1) -> float:
     return math.sqrt(2.0 * workloads) / rows
 
 
+def sensitivity(workload: Workload, sizes: np.ndarray, rows: int) -> float:
+    """ℓ2 sensitivity of one workload's normalised answers on N = ``rows`` rows."""
+    if isinstance(workload, Prefix):
+        return math.sqrt(2.0 * int(sizes[workload[1]])) / rows
+    return marginal_sensitivity(rows)
+
+
 def workload_label(workload: Workload, names: Sequence[str]) -> str:
-    """``"age,sex"``: the column names of a workload."""
+    """``"age,sex"`` (a marginal) or ``"prefix sex,age<=t"``: the columns of a workload."""
+    if isinstance(workload, Prefix):
+        return f"prefix {names[workload[0]]},{names[workload[1]]}<=t"
     return ",".join(names[j] for j in workload)
+
+
+def query_set(sizes: np.ndarray, workloads: Sequence[Workload]) -> QuerySet:
+    """The answers of ``workloads`` in the given order: marginals first, then prefixes (the
+    caller orders them so, see ``ordered``)."""
+    workloads = list(workloads)
+    marginals = [w for w in workloads if not isinstance(w, Prefix)]
+    prefixes = [w for w in workloads if isinstance(w, Prefix)]
+    if workloads != marginals + prefixes:
+        raise InputError("order workloads marginals first, then prefixes (see ordered())")
+    parts = ([Marginals(sizes, marginals)] if marginals else []) + \
+        ([Prefixes(sizes, prefixes)] if prefixes else [])
+    return QuerySet(parts)
+
+
+def ordered(workloads: Sequence[Workload]) -> list[Workload]:
+    """``workloads`` with marginals first, then prefixes, each in their given order."""
+    return [w for w in workloads if not isinstance(w, Prefix)] + \
+        [w for w in workloads if isinstance(w, Prefix)]
 
 
 class Marginals:
@@ -105,10 +151,95 @@ class Marginals:
         """(cells,) float64 normalised counts (each workload's cells sum to 1)."""
         return self.counts(table) / len(table)
 
-    def max_errors(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(workloads,) largest absolute difference of two answer vectors per workload."""
-        gaps = np.abs(a - b)
-        return np.maximum.reduceat(gaps, self.offsets)
+    def changes(self, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Entries (k, L) and count steps (k, L) that change when rows ``old`` (k, m) become
+        ``new``; an entry may repeat only with step 0."""
+        cell_old, cell_new = self.cell_index(old), self.cell_index(new)
+        moved = (cell_old != cell_new).astype(np.int32)
+        return (np.concatenate([cell_new, cell_old], axis=1),
+                np.concatenate([moved, -moved], axis=1))
+
+
+class Prefixes:
+    """Prefix workloads ``Prefix(a, j)``: entry ``offsets[i] + c * B_j + t`` counts the rows
+    with x_a = c and x_j ≤ t (same attributes as ``Marginals``)."""
+
+    def __init__(self, sizes: np.ndarray, workloads: Sequence[Prefix]) -> None:
+        sizes = np.asarray(sizes, dtype=np.int64)
+        self.workloads = list(workloads)
+        self.a = np.array([w[0] for w in workloads], dtype=np.int64)
+        self.j = np.array([w[1] for w in workloads], dtype=np.int64)
+        self.width = sizes[self.j]
+        self.sizes = sizes[self.a] * self.width
+        self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
+        self.cells = int(self.sizes.sum())
+        if self.cells > MAX_CELLS:
+            raise InputError(f"these {len(workloads)} prefix workloads hold {self.cells:,} "
+                             f"queries, more than {MAX_CELLS:,}; use fewer columns or coarser "
+                             f"numeric bins")
+        self.slices = [slice(int(o), int(o + s)) for o, s in zip(self.offsets, self.sizes,
+                                                                 strict=True)]
+        self._steps = np.arange(int(self.width.max()))
+        self._valid = self._steps < self.width[:, None]  # (P, Bmax)
+
+    def __len__(self) -> int:
+        return len(self.workloads)
+
+    def counts(self, table: np.ndarray) -> np.ndarray:
+        table = np.asarray(table, dtype=np.int64)
+        out = []
+        for a, j, width, size in zip(self.a, self.j, self.width, self.sizes, strict=True):
+            cells = np.bincount(table[:, a] * width + table[:, j], minlength=size)
+            out.append(cells.reshape(-1, width).cumsum(axis=1).ravel())
+        return np.concatenate(out)
+
+    def answers(self, table: np.ndarray) -> np.ndarray:
+        return self.counts(table) / len(table)
+
+    def changes(self, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As ``Marginals.changes``: the new row's queries +1, the old row's −1 (netted on
+        one row of queries when the category c is unchanged); padding entries step 0."""
+        old, new = np.asarray(old, dtype=np.int64), np.asarray(new, dtype=np.int64)
+        c_old, c_new = old[:, self.a], new[:, self.a]  # (k, P)
+        up_old = (self._steps >= old[:, self.j, None]) & self._valid  # (k, P, Bmax)
+        up_new = (self._steps >= new[:, self.j, None]) & self._valid
+        same = (c_old == c_new)[..., None]
+        base = self.offsets[:, None]
+
+        def index(c: np.ndarray) -> np.ndarray:
+            return np.where(self._valid, base + c[..., None] * self.width[:, None] + self._steps,
+                            base)
+        step_new = up_new.astype(np.int32) - (same & up_old)
+        step_old = -(up_old & ~same).astype(np.int32)
+        k = len(old)
+        return (np.concatenate([index(c_new).reshape(k, -1), index(c_old).reshape(k, -1)], 1),
+                np.concatenate([step_new.reshape(k, -1), step_old.reshape(k, -1)], 1))
+
+
+class QuerySet:
+    """Several query sets answered as one vector (their entries one after another)."""
+
+    def __init__(self, parts: Sequence[Marginals | Prefixes]) -> None:
+        self.parts = list(parts)
+        self.bases = np.r_[0, np.cumsum([p.cells for p in self.parts])[:-1]].astype(np.int64)
+        self.cells = int(sum(p.cells for p in self.parts))
+        self.workloads = [w for p in self.parts for w in p.workloads]
+        self.slices = [slice(s.start + int(b), s.stop + int(b))
+                       for p, b in zip(self.parts, self.bases, strict=True) for s in p.slices]
+        if self.cells > MAX_CELLS:
+            raise InputError(f"these workloads hold {self.cells:,} entries, more than "
+                             f"{MAX_CELLS:,}; use fewer query classes or columns")
+
+    def counts(self, table: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.counts(table) for p in self.parts])
+
+    def answers(self, table: np.ndarray) -> np.ndarray:
+        return self.counts(table) / len(table)
+
+    def changes(self, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pieces = [p.changes(old, new) for p in self.parts]
+        return (np.concatenate([i + b for (i, _), b in zip(pieces, self.bases, strict=True)], 1),
+                np.concatenate([s for _, s in pieces], 1))
 
 
 def workload_max_errors(sizes: np.ndarray, workloads: Sequence[Workload], data: np.ndarray,
@@ -117,6 +248,6 @@ def workload_max_errors(sizes: np.ndarray, workloads: Sequence[Workload], data: 
     ``synthetic`` against ``data``, one workload at a time (memory: one marginal)."""
     out = np.empty(len(workloads))
     for i, w in enumerate(workloads):
-        one = Marginals(sizes, [w])
-        out[i] = one.max_errors(one.answers(data), one.answers(synthetic))[0]
+        one = query_set(sizes, [w])
+        out[i] = np.abs(one.answers(data) - one.answers(synthetic)).max()
     return out

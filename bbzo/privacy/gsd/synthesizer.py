@@ -36,7 +36,7 @@ from bbzo.privacy.gsd.accounting import (
 from bbzo.privacy.gsd.domain import Domain, write_csv
 from bbzo.privacy.gsd.evaluate import NON_PRIVATE_NOTE, marginal_errors
 from bbzo.privacy.gsd.ga import (
-    MarginalFitness,
+    QueryFitness,
     as_array,
     code_dtype,
     marginal_start,
@@ -46,11 +46,12 @@ from bbzo.privacy.gsd.ga import (
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
     MAX_CELLS,
-    Marginals,
     Workload,
     class_workloads,
-    marginal_sensitivity,
+    ordered,
     parse_query_classes,
+    query_set,
+    sensitivity,
     workload_label,
     workload_max_errors,
 )
@@ -66,7 +67,8 @@ class PrivateGSD:
     Args:
         epsilon: ε > 0 of the (ε, δ)-DP guarantee.
         delta: δ in (0, 1); None: 1/N² for the N private rows.
-        queries: query classes to preserve ("1way", "2way", "3way"), a sequence or "2way,3way".
+        queries: query classes to preserve ("1way", "2way", "3way", "prefix": oneshot only), a
+            sequence or "2way,3way".
         mode: "oneshot" or "adaptive".
         rows: synthetic rows N′.
         generations: most GA generations in all (split evenly over adaptive rounds).
@@ -137,9 +139,12 @@ class PrivateGSD:
         domain = domain if isinstance(domain, Domain) else (
             Domain.from_dict(domain) if isinstance(domain, dict) else Domain.from_file(domain))
         codes = domain.encode(data)
-        workloads = [w for q in self.queries for w in class_workloads(len(domain), q)]
+        workloads = ordered([w for q in self.queries for w in class_workloads(len(domain), q)])
         if self.mode == "oneshot":
-            Marginals(domain.sizes, workloads)  # refuses an oversized workload set
+            query_set(domain.sizes, workloads)  # refuses an oversized workload set
+        elif "prefix" in self.queries:
+            raise InputError("prefix queries are measured in oneshot mode only; use --mode "
+                             "oneshot or drop prefix from --queries")
         else:
             self._schedule(workloads, domain.sizes)
         return domain, codes, workloads
@@ -179,11 +184,13 @@ class PrivateGSD:
                  rng: np.random.Generator) -> dict[Workload, np.ndarray]:
         """Noisy normalised answers of each workload, ``rho`` each."""
         out = {}
+        sizes = self.domain_.sizes
         for w in workloads:
-            one = Marginals(self.domain_.sizes, [w])
-            out[w] = gaussian_measure(one.answers(codes), sensitivity=marginal_sensitivity(
-                len(codes)), rho=rho, ledger=self.ledger_,
-                workload=workload_label(w, self.domain_.names), rng=rng)
+            out[w] = gaussian_measure(
+                query_set(sizes, [w]).answers(codes), sensitivity=sensitivity(w, sizes,
+                                                                              len(codes)),
+                rho=rho, ledger=self.ledger_, workload=workload_label(w, self.domain_.names),
+                rng=rng)
         return out
 
     def _ga(self, table: np.ndarray, measured: dict[Workload, np.ndarray], generations: int,
@@ -191,8 +198,9 @@ class PrivateGSD:
             label: str) -> tuple[np.ndarray, int]:
         """Run the population search from ``table`` against ``measured`` answers; the best
         table and the generations run."""
-        marginals = Marginals(self.domain_.sizes, list(measured))
-        fitness = MarginalFitness(marginals, np.concatenate(list(measured.values())), self.rows)
+        workloads = ordered(measured)
+        fitness = QueryFitness(query_set(self.domain_.sizes, workloads),
+                               np.concatenate([measured[w] for w in workloads]), self.rows)
         start = Child(table)
         search = PopulationSearch(
             [start], mutate=one_cell_mutation(self.domain_.sizes), crossover=one_cell_crossover,

@@ -104,6 +104,18 @@ def ordered(workloads: Sequence[Workload]) -> list[Workload]:
         [w for w in workloads if isinstance(w, Prefix)]
 
 
+def _layout(sizes: np.ndarray, what: str) -> tuple[np.ndarray, int, list[slice]]:
+    """Offsets (n,) int64, total and slices of consecutive blocks of ``sizes`` entries; more
+    than ``MAX_CELLS`` in all is an error."""
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+    cells = int(np.sum(sizes))
+    if cells > MAX_CELLS:
+        raise InputError(f"these {what} hold {cells:,} cells, more than {MAX_CELLS:,}; use "
+                         f"--mode adaptive (marginals), fewer columns or coarser numeric bins")
+    return offsets, cells, [slice(int(o), int(o + n)) for o, n in zip(offsets, sizes,
+                                                                       strict=True)]
+
+
 class Marginals:
     """The cells of a list of marginal workloads on columns of domain sizes ``sizes`` (m,).
 
@@ -126,14 +138,7 @@ class Marginals:
             self.strides[i, :len(w)] = np.cumprod(np.r_[shape[1:], 1][::-1])[::-1]
             sizes_of.append(int(np.prod(shape)))
         self.sizes = np.array(sizes_of, dtype=np.int64)
-        self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
-        self.cells = int(self.sizes.sum())
-        if self.cells > MAX_CELLS:
-            raise InputError(f"these {len(workloads)} workloads hold {self.cells:,} cells, more "
-                             f"than {MAX_CELLS:,}; use --mode adaptive, fewer columns or coarser "
-                             f"numeric bins")
-        self.slices = [slice(int(o), int(o + s)) for o, s in zip(self.offsets, self.sizes,
-                                                                 strict=True)]
+        self.offsets, self.cells, self.slices = _layout(self.sizes, "marginal workloads")
 
     def __len__(self) -> int:
         return len(self.workloads)
@@ -171,14 +176,7 @@ class Prefixes:
         self.j = np.array([w[1] for w in workloads], dtype=np.int64)
         self.width = sizes[self.j]
         self.sizes = sizes[self.a] * self.width
-        self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
-        self.cells = int(self.sizes.sum())
-        if self.cells > MAX_CELLS:
-            raise InputError(f"these {len(workloads)} prefix workloads hold {self.cells:,} "
-                             f"queries, more than {MAX_CELLS:,}; use fewer columns or coarser "
-                             f"numeric bins")
-        self.slices = [slice(int(o), int(o + s)) for o, s in zip(self.offsets, self.sizes,
-                                                                 strict=True)]
+        self.offsets, self.cells, self.slices = _layout(self.sizes, "prefix workloads")
         self._steps = np.arange(int(self.width.max()))
         self._valid = self._steps < self.width[:, None]  # (P, Bmax)
 
@@ -221,14 +219,11 @@ class QuerySet:
 
     def __init__(self, parts: Sequence[Marginals | Prefixes]) -> None:
         self.parts = list(parts)
-        self.bases = np.r_[0, np.cumsum([p.cells for p in self.parts])[:-1]].astype(np.int64)
-        self.cells = int(sum(p.cells for p in self.parts))
+        self.bases, self.cells, _ = _layout(np.array([p.cells for p in self.parts]),
+                                            "query classes")
         self.workloads = [w for p in self.parts for w in p.workloads]
         self.slices = [slice(s.start + int(b), s.stop + int(b))
                        for p, b in zip(self.parts, self.bases, strict=True) for s in p.slices]
-        if self.cells > MAX_CELLS:
-            raise InputError(f"these workloads hold {self.cells:,} entries, more than "
-                             f"{MAX_CELLS:,}; use fewer query classes or columns")
 
     def counts(self, table: np.ndarray) -> np.ndarray:
         return np.concatenate([p.counts(table) for p in self.parts])

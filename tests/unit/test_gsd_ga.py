@@ -119,16 +119,19 @@ def test_private_gsd_lowers_marginal_error_on_adult(adult_slice, mode):
     assert list(sample) == SLICE and all(len(v) == 10 for v in sample.values())
 
 
-def test_private_gsd_fits_prefix_queries(adult_slice):
+def test_private_gsd_fits_marginals_and_prefix_queries_together(adult_slice):
     data, domain = adult_slice
-    gsd = PrivateGSD(1.0, queries="prefix", rows=200, generations=400, seed=0)
+    gsd = PrivateGSD(1.0, queries="2way,prefix", rows=200, generations=400, seed=0)
     gsd.fit(data, domain)
-    q = query_set(domain.sizes, class_workloads(len(domain), "prefix"))
-    truth = q.answers(domain.encode(data))
+    codes = domain.encode(data)
     start = np.random.default_rng(0).integers(0, domain.sizes, (200, len(domain)))
-    assert np.abs(q.answers(gsd.synthetic_) - truth).max() \
-        < 0.5 * np.abs(q.answers(start) - truth).max()
-    assert gsd.ledger_.charges[0].workload == "prefix workclass,education-num<=t"
+    for name in ("2way", "prefix"):
+        q = query_set(domain.sizes, class_workloads(len(domain), name))
+        truth = q.answers(codes)
+        assert np.abs(q.answers(gsd.synthetic_) - truth).max() \
+            < 0.5 * np.abs(q.answers(start) - truth).max(), name
+    labels = [c.workload for c in gsd.ledger_.charges]
+    assert len(labels) == 10 + 20 and "prefix workclass,education-num<=t" in labels
     with pytest.raises(InputError, match="oneshot mode only"):
         PrivateGSD(1.0, queries="2way,prefix", mode="adaptive").fit(data, domain)
 

@@ -67,7 +67,10 @@ def test_replace_one_sensitivity_bound_is_attained_and_never_exceeded():
 def test_prefix_counts_changes_and_sensitivity():
     rng = np.random.default_rng(5)
     workloads = class_workloads(3, "prefix")
-    assert workloads == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert workloads == [Prefix(a, j) for a, j in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0),
+                                                   (2, 1)]]
+    assert Prefix(0, 1) != (0, 1) and (0, 1) != Prefix(0, 1)
+    assert len({(0, 1): 1, Prefix(0, 1): 2}) == 2
     q = query_set(SIZES, workloads)
     table = rng.integers(0, SIZES, (60, 3))
     counts = q.counts(table)

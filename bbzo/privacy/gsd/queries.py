@@ -37,10 +37,20 @@ Workload = tuple[int, ...]
 
 
 class Prefix(tuple):
-    """A prefix workload: (a, j), column a's codes × thresholds on ordinal column j."""
+    """A prefix workload: (a, j), column a's codes × thresholds on ordinal column j. Never
+    equal to the marginal workload (a, j): the two are distinct keys."""
 
     def __new__(cls, a: int, j: int) -> Prefix:
         return super().__new__(cls, (int(a), int(j)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Prefix) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(("prefix", *self))
 
 
 def parse_query_classes(spec: str | Sequence[str]) -> tuple[str, ...]:

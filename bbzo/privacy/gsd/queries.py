@@ -66,7 +66,8 @@ def parse_query_classes(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 def class_workloads(columns: int, query_class: str) -> list[Workload]:
     """All workloads of a class on ``columns`` columns: every k-subset in lexicographic order
-    (k-way marginals) or every ordered pair (a, j), a ≠ j (prefix: ``Prefix``)."""
+    (k-way marginals) or every ordered pair (a, j), a ≠ j (prefix: ``Prefix``; column j's
+    codes are taken in order, which is meaningful for ordinal ones: codes, numeric bins)."""
     k = QUERY_CLASSES[query_class]
     if k > columns:
         raise InputError(f"{query_class} queries need at least {k} columns, the domain has "

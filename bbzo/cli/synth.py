@@ -45,6 +45,9 @@ def fit(data: Path, domain_file: Path, epsilon: float, delta: float | None, quer
         out: Path | None, seed: int, resume: bool, json_output: bool) -> None:
     """Fit a private synthetic table; writes synthetic.csv, privacy_ledger.jsonl,
     summary.json and config.json to --out."""
+    if resume:
+        raise click.UsageError("synth fit cannot resume a run yet (its noisy answers are not "
+                               "saved); start a new --out")
     try:
         gsd = PrivateGSD(epsilon, delta, queries=queries, mode=mode, rows=rows,
                          generations=generations, rounds=rounds, top_k=top_k, seed=seed)

@@ -100,6 +100,7 @@ def test_outputs_depend_on_the_data_only_through_the_mechanisms(files, monkeypat
     ({"rows": []}, "no rows"),
     ({"domain": "not json"}, "not valid JSON"),
     ({"args": ["--mode", "adaptive", "--rounds", "3", "--top-k", "2"]}, "6 workloads"),
+    ({"args": ["--resume"]}, "cannot resume"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(files, change, message):
     tmp, data, domain = files

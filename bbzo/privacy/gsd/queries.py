@@ -190,6 +190,8 @@ class Prefixes:
         self.offsets, self.cells, self.slices = _layout(self.sizes, "prefix workloads")
         self._steps = np.arange(int(self.width.max()))
         self._valid = self._steps < self.width[:, None]  # (P, Bmax)
+        self._touching = [np.flatnonzero((self.a == c) | (self.j == c))
+                          for c in range(len(sizes))]  # workloads a change in column c moves
 
     def __len__(self) -> int:
         return len(self.workloads)
@@ -206,18 +208,37 @@ class Prefixes:
         return self.counts(table) / len(table)
 
     def changes(self, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As ``Marginals.changes``: the new row's queries +1, the old row's −1 (netted on
-        one row of queries when the category c is unchanged); padding entries step 0."""
+        """As ``Marginals.changes`` for rows differing in at most one column: the new row's
+        queries +1, the old row's −1 (netted on one row of queries when the category c is
+        unchanged), only in the workloads containing the changed column (sparse); padding
+        entries step 0."""
         old, new = np.asarray(old, dtype=np.int64), np.asarray(new, dtype=np.int64)
-        c_old, c_new = old[:, self.a], new[:, self.a]  # (k, P)
-        up_old = (self._steps >= old[:, self.j, None]) & self._valid  # (k, P, Bmax)
-        up_new = (self._steps >= new[:, self.j, None]) & self._valid
+        differ = old != new
+        if (differ.sum(axis=1) > 1).any():
+            raise InputError("Prefixes.changes takes rows that differ in one column at most")
+        column = differ.argmax(axis=1)
+        length = 2 * self._steps.size * max(len(p) for p in self._touching)
+        index = np.zeros((len(old), length), dtype=np.int64)
+        steps = np.zeros((len(old), length), dtype=np.int32)
+        for c in np.unique(column):
+            rows = np.flatnonzero(column == c)
+            i, s = self._changes_in(self._touching[c], old[rows], new[rows])
+            index[rows, :i.shape[1]], steps[rows, :s.shape[1]] = i, s
+        return index, steps
+
+    def _changes_in(self, p: np.ndarray, old: np.ndarray,
+                    new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``changes`` restricted to the workloads ``p``: (k, 2·len(p)·Bmax) each."""
+        a, j, width, valid = self.a[p], self.j[p], self.width[p, None], self._valid[p]
+        c_old, c_new = old[:, a], new[:, a]  # (k, P)
+        up_old = (self._steps >= old[:, j, None]) & valid  # (k, P, Bmax)
+        up_new = (self._steps >= new[:, j, None]) & valid
         same = (c_old == c_new)[..., None]
-        base = self.offsets[:, None]
+        base = self.offsets[p, None]
 
         def index(c: np.ndarray) -> np.ndarray:
-            return np.where(self._valid, base + c[..., None] * self.width[:, None] + self._steps,
-                            base)
+            return np.where(valid, base + c[..., None] * width + self._steps, base)
+
         step_new = up_new.astype(np.int32) - (same & up_old)
         step_old = -(up_old & ~same).astype(np.int32)
         k = len(old)

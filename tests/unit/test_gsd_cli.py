@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 import bbzo.privacy.gsd.synthesizer as synthesizer
 from bbzo.cli.main import cli
+from bbzo.runs import MANIFEST
 
 DOMAIN = {"a": 3, "b": 2, "c": 4}
-FILES = {"config.json", "privacy_ledger.jsonl", "synthetic.csv", "summary.json"}
+FILES = {MANIFEST, "config.json", "privacy_ledger.jsonl", "synthetic.csv", "summary.json"}
 FAST = ["--rows", "50", "--generations", "60"]
 
 

@@ -1,0 +1,69 @@
+"""Rules that choose for the user: ZO-SGD's directions per step from d and the budget, and the
+method ``minimize(method="auto")`` runs from d, the budget and noise.
+
+The rules come from ``bench/peers.py`` (side-by-side runs at equal query budgets).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from bbzo.blackbox.zo.objective import Objective
+from bbzo.blackbox.zo.step_size import repeat_differs
+from bbzo.errors import InputError
+
+# Largest d for the full covariance (d² memory and O(d²)–O(d³) work per generation).
+FULL_COVARIANCE_MAX_D = 1000
+# Fewest queries per dimension for which a CMA-ES is chosen over ZO-SGD.
+CMA_MIN_QUERIES_PER_DIM = 0
+
+
+def default_q(d: int, budget: int | None) -> int:
+    """Directions per RGE step: 10, more when the budget affords many steps of a large d.
+
+    Args:
+        d: dimension.
+        budget: queries left, None when unlimited.
+    """
+    return 10
+
+
+def choose_method(d: int, budget: int | None, noisy: bool, cma_available: bool) -> str:
+    """The method "auto" runs.
+
+    Args:
+        d: dimension.
+        budget: queries left (None: unlimited).
+        noisy: two evaluations of the same point differed.
+        cma_available: the ``cma`` package can be imported.
+    """
+    if not cma_available:
+        return "zo-sgd"
+    if budget is not None and budget < CMA_MIN_QUERIES_PER_DIM * d:
+        return "zo-sgd"
+    return "cma-es" if d <= FULL_COVARIANCE_MAX_D else "sep-cma-es"
+
+
+def choose_for(objective: Objective, x: torch.Tensor, *, zo_arguments: dict[str, Any],
+               estimator: Any, modules: Any, options: dict | None) -> str:
+    """``choose_method`` for this objective and start point; refuses method-specific settings
+    (they would silently not apply to the other kind of method)."""
+    given = [k for k, v in zo_arguments.items() if v is not None]
+    given += ["estimator"] * (estimator != "rge")
+    given += ["modules"] * bool(modules if isinstance(modules, Sequence) else True)
+    given += ["options"] * bool(options)
+    if given:
+        raise InputError(f"method='auto' chooses every setting itself; {', '.join(given)} "
+                         f"need a named method (e.g. 'zo-sgd' or 'cma-es')")
+    cma_available = importlib.util.find_spec("cma") is not None
+    if not cma_available:
+        warnings.warn("method='auto' runs zo-sgd: the optional package cma is missing "
+                      "(pip install 'bbzo[cma]' for CMA-ES)", stacklevel=3)
+    left = objective.budget.remaining_queries
+    noisy = (left is None or left >= 2) and repeat_differs(objective, x)
+    return choose_method(x.numel(), objective.budget.remaining_queries, noisy, cma_available)

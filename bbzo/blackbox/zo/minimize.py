@@ -155,9 +155,10 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
             at x0 agree; checked when at least 100 queries are left) and an estimate built from
             difference scalars only (RGE or CGE, method "zo-sgd", modules that only shape
             directions, like ``hizoo``) it then follows the curvature measured along each step
-            (``step_size.SecantStep``; f(x) is measured each step, one query); otherwise it grows 1% with every new best loss
-            estimate (a "bold driver" rule). Either way it is halved, returning to the best
-            iterate, whenever the loss rises far above the best one. A number fixes it.
+            (``step_size.SecantStep``; f(x) is measured each step, one query); otherwise it
+            grows 1% with every new best loss estimate (a "bold driver" rule). Either way it
+            is halved, returning to the best iterate, whenever the loss rises far above the
+            best one. A number fixes it.
         modules: a module or a sequence of modules (``bbzo.blackbox.zo.modules``), applied
             before the method's update rule; an update rule here needs method "zo-sgd".
         budget: a ``Budget`` or a maximum number of queries; never exceeded.

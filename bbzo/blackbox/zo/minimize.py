@@ -11,6 +11,7 @@ import torch
 from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.zo.auto import choose_for, default_q
 from bbzo.blackbox.zo.cma_es import CMA_METHODS, CMASettings, run_cma
+from bbzo.blackbox.zo.direct_search import run_powell
 from bbzo.blackbox.zo.estimators import Estimator, make_estimator
 from bbzo.blackbox.zo.objective import Objective, as_points, as_vector
 from bbzo.blackbox.zo.step_size import (
@@ -46,7 +47,8 @@ class OptimizeResult:
         message: why it stopped.
         lr: the step size in use at the end (interesting when it was chosen automatically);
             for the CMA methods pycma's σ.
-        method: the method that ran ("zo-sgd", …, "cma-es", "sep-cma-es"; what "auto" chose).
+        method: the method that ran ("zo-sgd", …, "cma-es", "sep-cma-es", "powell"; what
+            "auto" chose).
     """
 
     x: Any
@@ -144,7 +146,8 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
         x0: starting point, shape (d,).
         method: "zo-sgd", "zo-momentum", "zo-sign-sgd" or "zo-adam" (see ``update``);
             "cma-es" or "sep-cma-es" (CMA-ES through the optional ``cma`` package, see
-            ``cma_es``); "auto" picks one from d, the budget and noise (see ``auto``).
+            ``cma_es``); "powell" (scipy's Powell, one point per query, see
+            ``direct_search``); "auto" picks one from d, the budget and noise (see ``auto``).
         estimator: "rge", "cge", "rank" or an ``Estimator`` instance.
         q: directions per step (RGE) or points ranked per step (rank). Default for "rge":
             chosen from d and the budget (``default_q``); 10 for "rank". Refused with "cge"
@@ -188,17 +191,22 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
     if method == "auto":
         method = choose_for(objective, x, zo_arguments=zo_arguments, estimator=estimator,
                             modules=modules, options=options)
-    if method in CMA_METHODS:
+    if method in CMA_METHODS or method == "powell":
         given = [k for k, v in zo_arguments.items() if v is not None]
         given += ["estimator"] * (estimator != "rge") + ["modules"] * bool(modules)
         if given:
             raise InputError(f"{', '.join(given)} set the ZO estimator, which method={method!r} "
                              f"does not use: drop them (CMA settings go in options=)")
-        settings = CMASettings.from_options(options)
         try:
-            nit, message = run_cma(objective, x, method=method, settings=settings, seed=seed,
-                                   maxiter=maxiter, should_stop=stopping)
-        except BudgetExceeded as err:  # a token or cost limit
+            if method == "powell":
+                if options:
+                    raise InputError("method='powell' takes no options")
+                nit, message = run_powell(objective, x, maxiter=maxiter, should_stop=stopping)
+            else:
+                nit, message = run_cma(objective, x, method=method,
+                                       settings=CMASettings.from_options(options), seed=seed,
+                                       maxiter=maxiter, should_stop=stopping)
+        except BudgetExceeded as err:  # Powell's next point, or a token or cost limit
             nit, message = len(stopping.history), str(err)
         lr_end = stopping.history[-1]["lr"] if stopping.history else 0.0
         return _result(objective, method, nit, stopping, message, lr_end, x)

@@ -27,6 +27,8 @@ from bbzo.blackbox.zo.transforms import Module, Probe, acts_at, difference_scala
 
 # Changes of f below this share of |f| are rounding, not curvature: the step size is kept.
 ROUNDING = 1e-12
+# Relative difference of two evaluations of one point still taken as rounding.
+REPEAT_TOLERANCE = 1e-10
 # Fewest queries left for which the rule is tried (its noise check costs 2).
 MIN_BUDGET = 100
 
@@ -85,6 +87,8 @@ def secant_applies(estimator: Estimator, module: Module) -> bool:
 
 
 def repeat_differs(objective: Objective, x: torch.Tensor) -> bool:
-    """Whether two evaluations of x (d,) differ (2 queries in one batch, counted)."""
-    values = objective(torch.stack([x, x]))
-    return bool(values[0] != values[1])
+    """Whether two evaluations of x (d,) differ by more than rounding (relative
+    ``REPEAT_TOLERANCE``; rows of one batch may be summed in different orders). Costs 2
+    queries in one batch, counted."""
+    first, second = objective(torch.stack([x, x])).tolist()
+    return abs(first - second) > REPEAT_TOLERANCE * max(abs(first), abs(second), 1e-300)

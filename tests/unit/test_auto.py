@@ -21,7 +21,11 @@ from bbzo.errors import InputError
 @pytest.mark.parametrize("d, budget, noisy, cma, expected", [
     (10, 4_000, False, True, "powell"),               # small, smooth: conjugate directions
     (POWELL_MAX_D, None, False, True, "powell"),
-    (100, 20_000, False, True, "zo-sgd"),             # mid-size, smooth
+    (100, 20_000, False, True, "cma-es"),             # mid-size, smooth, budget >= d²
+    (100, 5_000, False, True, "zo-sgd"),              # ... budget < d²
+    (100, 20_000, False, False, "zo-sgd"),            # ... no cma
+    (FULL_COVARIANCE_MAX_D, None, False, True, "cma-es"),
+    (FULL_COVARIANCE_MAX_D + 1, None, False, True, "zo-sgd"),
     (1_000, 40_000, False, True, "zo-sgd"),
     (10_000, 100_000, False, True, "zo-sgd"),
     (10, 4_000, True, True, "cma-es"),                # noise: sampling, not differences

@@ -19,7 +19,8 @@ Methods, each given the same query budget per problem:
   (Nelder–Mead, whose d + 1-point simplex makes no progress in 40 queries per dimension).
 
 Reported per cell: the relative gap (f(x) − f*)/(f(x0) − f*), noise-free, of the point each
-method returns, and queries per second (wall time of the whole run).
+method returns, and queries per second (wall time of the whole run; the packages are imported
+before any timing).
 
     python bench/peers.py [--quick] [--dims 10 100 1000 10000] [--out bench/out]
 
@@ -224,6 +225,10 @@ def main() -> None:
     unknown = [d for d in dims if d not in budgets]
     if unknown:
         parser.error(f"--dims must be among {sorted(budgets)}, got {unknown}")
+    import cma  # noqa: F401  (imported before any timing: importing takes seconds)
+    import nevergrad  # noqa: F401
+    import scipy.optimize  # noqa: F401
+
     start, rows = time.perf_counter(), []
     for d in dims:
         for p in suite(d):

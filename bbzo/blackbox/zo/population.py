@@ -594,7 +594,8 @@ def population_minimize(fun: Callable[[Any], Any], optimizer: AskTell, *,
                              f"lower population_size", nqueries=nqueries)
     x, loss = optimizer.best
     return OptimizeResult(x=x, fun=loss, nqueries=nqueries, nit=nit, history=history,
-                          success=True, message=message, lr=lr)
+                          success=True, message=message, lr=lr,
+                          method=type(optimizer).__name__)
 
 
 def _numpy_op(op: Callable[..., np.ndarray]) -> Callable[..., Any]:

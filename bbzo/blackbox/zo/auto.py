@@ -1,0 +1,97 @@
+"""Rules that choose for the user: ZO-SGD's directions per step from d and the budget, and the
+method ``minimize(method="auto")`` runs from d, the budget and noise.
+
+The rules come from ``bench/peers.py`` (side-by-side runs at equal query budgets).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from bbzo.blackbox.zo.objective import Objective
+from bbzo.blackbox.zo.step_size import repeat_differs
+from bbzo.errors import InputError
+
+# Fewest steps the default q leaves room for in the budget.
+MIN_STEPS = 100
+# Largest d for the full covariance (d² memory and O(d²)–O(d³) work per generation).
+FULL_COVARIANCE_MAX_D = 1000
+# Queries per d² from which CMA-ES is chosen over ZO-SGD on noise-free problems.
+CMA_MIN_BUDGET_PER_D2 = 1
+# Largest d for Powell's method (one query at a time, a d × d direction set).
+POWELL_MAX_D = 50
+
+
+def default_q(d: int, budget: int | None) -> int:
+    """Directions per RGE step: √d within [10, 100], fewer when the budget would not pay for
+    ``MIN_STEPS`` steps (at 2q + 1 queries each).
+
+    With the secant step size, queries per unit of progress barely depend on q while q ≪ d
+    (measured: d = 1,000, q = 10 and 50 reach the same gap), so a larger q for a large d
+    only cuts the per-step overhead; a small budget needs steps more than directions.
+
+    Args:
+        d: dimension.
+        budget: queries left, None when unlimited.
+    """
+    q = min(max(10, round(math.sqrt(d))), 100)
+    if budget is not None:
+        q = min(q, max(1, budget // (2 * MIN_STEPS)))
+    return q
+
+
+def choose_method(d: int, budget: int | None, noisy: bool, cma_available: bool) -> str:
+    """The method "auto" runs (measured side by side in ``bench/peers.py``).
+
+    - noisy values: CMA-ES (full covariance up to ``FULL_COVARIANCE_MAX_D``, separable above);
+      differences of noisy values (ZO-SGD, Powell's line searches) drown in the noise;
+    - noise-free, d ≤ ``POWELL_MAX_D``: Powell's method (superlinear on smooth functions);
+    - noise-free, d ≤ ``FULL_COVARIANCE_MAX_D`` and a budget of at least
+      ``CMA_MIN_BUDGET_PER_D2``·d² queries (or none): CMA-ES, whose covariance has then had the
+      queries to learn the problem's conditioning (measured at d = 100: CMA-ES ahead at 2·d²,
+      ZO-SGD ahead at 0.3·d²);
+    - otherwise ZO-SGD with the secant step size (queries per unit of progress grow like d);
+    - without ``cma``: ZO-SGD where CMA-ES would run.
+
+    Args:
+        d: dimension.
+        budget: queries left (None: unlimited).
+        noisy: two evaluations of the same point differed.
+        cma_available: the ``cma`` package can be imported.
+    """
+    if noisy:
+        if not cma_available:
+            return "zo-sgd"
+        return "cma-es" if d <= FULL_COVARIANCE_MAX_D else "sep-cma-es"
+    if d <= POWELL_MAX_D:
+        return "powell"
+    learns_covariance = budget is None or budget >= CMA_MIN_BUDGET_PER_D2 * d * d
+    if cma_available and d <= FULL_COVARIANCE_MAX_D and learns_covariance:
+        return "cma-es"
+    return "zo-sgd"
+
+
+def choose_for(objective: Objective, x: torch.Tensor, *, zo_arguments: dict[str, Any],
+               estimator: Any, modules: Any, options: dict | None) -> str:
+    """``choose_method`` for this objective and start point; refuses method-specific settings
+    (they would silently not apply to the other kind of method)."""
+    given = [k for k, v in zo_arguments.items() if v is not None]
+    given += ["estimator"] * (estimator != "rge")
+    given += ["modules"] * bool(modules if isinstance(modules, Sequence) else True)
+    given += ["options"] * bool(options)
+    if given:
+        raise InputError(f"method='auto' chooses every setting itself; {', '.join(given)} "
+                         f"need a named method (e.g. 'zo-sgd' or 'cma-es')")
+    cma_available = importlib.util.find_spec("cma") is not None
+    if not cma_available:
+        warnings.warn("method='auto' runs zo-sgd: the optional package cma is missing "
+                      "(pip install 'bbzo[cma]' for CMA-ES)", stacklevel=3)
+    left = objective.budget.remaining_queries
+    noisy = (left is None or left >= 2) and repeat_differs(objective, x)
+    return choose_method(x.numel(), objective.budget.remaining_queries, noisy, cma_available)

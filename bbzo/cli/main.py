@@ -22,6 +22,7 @@ from bbzo.cli.info import info
 from bbzo.cli.ledger import ledger
 from bbzo.cli.models import models
 from bbzo.cli.serve import serve_command
+from bbzo.cli.unlearn import unlearn
 from bbzo.errors import BbzoError
 from bbzo.runs.settings import FieldError
 
@@ -94,6 +95,7 @@ cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(ledger)
 cli.add_command(serve_command)
+cli.add_command(unlearn)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

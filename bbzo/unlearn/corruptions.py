@@ -2,8 +2,9 @@
 strength dimension, ``Corruption.dims(hidden)``).
 
 ``noise_first_k``: add N(0, σ²) noise to the first k dimensions (σ per dimension in vector form).
-The others move each embedding toward a transformed copy T(x): x + σ·(T(x) − x) (``lerp``), so σ = 0 leaves
-it, σ = 1 is T itself and σ > 1 goes past it (σ per hidden dimension in vector form):
+The others move each embedding toward a transformed copy T(x): x + σ·(T(x) − x) (``lerp``),
+so σ = 0 leaves it, σ = 1 is T itself and σ > 1 goes past it (σ per hidden dimension in vector
+form):
 
 - ``zero_top_k``: zero the k largest-magnitude dimensions of each embedding;
 - ``flip_top_k`` / ``flip_first_k``: flip the signs of those dimensions;

@@ -71,6 +71,10 @@ def unlearn() -> None:
 @click.option("--evaluations", type=click.IntRange(min=2), default=16, show_default=True,
               help="Objective evaluations of the strength search (each scores the fit half "
                    "of the forget set once).")
+@click.option("--start", type=float, default=0.0, show_default=True,
+              help="log10 strength the zo search starts from.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              show_default=True, help="Step of the zo search in log10 strength.")
 @click.option("--reference", type=float, default=None,
               help="Forget accuracy to match [default: chance].")
 @click.option("--mode", type=click.Choice(["eco", "prefix"]), default="eco", show_default=True,
@@ -83,7 +87,8 @@ def unlearn() -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def fit_command(model: str, forget: Path, retain: Path, classifier: str, corruption: str,
                 k: str, tokens: str, target_fpr: float, target_recall: float | None,
-                vector: bool, search: str, evaluations: int, reference: float | None,
+                vector: bool, search: str, evaluations: int, start: float, lr: float,
+                reference: float | None,
                 mode: str, heldout: float, out: Path, seed: int) -> None:
     """Fit a guard (classifier, threshold, corruption strength) and write it to --out."""
     width = _k(k)
@@ -91,7 +96,7 @@ def fit_command(model: str, forget: Path, retain: Path, classifier: str, corrupt
         model, forget, retain, out, classifier=classifier,
         corruption=Corruption(corruption, width, seed), tokens=tokens, target_fpr=target_fpr,
         target_recall=target_recall, vector=vector, search=search, evaluations=evaluations,
-        reference=reference, mode=mode, heldout=heldout, seed=seed))
+        start=start, lr=lr, reference=reference, mode=mode, heldout=heldout, seed=seed))
     print_json(report)
 
 

@@ -81,7 +81,8 @@ def fit_guard(model: str | Target, forget: str | Path, retain: str | Path, out: 
               tokens: str = "all_but_last", target_fpr: float = 0.01,
               target_recall: float | None = None, vector: bool = False, search: str = "zo",
               evaluations: int = 16, reference: float | None = None, mode: str = "eco",
-              heldout: float = 0.5, start: float = 0.0, seed: int = 0) -> dict:
+              heldout: float = 0.5, start: float = 0.0, lr: float = 0.5,
+              seed: int = 0) -> dict:
     """Fit a guard for ``model`` and write it to the artifact folder ``out``.
 
     Args:
@@ -97,6 +98,7 @@ def fit_guard(model: str | Target, forget: str | Path, retain: str | Path, out: 
         mode: ``eco`` or ``prefix`` (no strength search).
         heldout: share of each file kept out of fitting.
         start: log10 strength the ZO search starts from.
+        lr: its step, in log10 units.
         seed: seeds splits, classifier and search.
 
     Returns:
@@ -125,7 +127,7 @@ def fit_guard(model: str | Target, forget: str | Path, retain: str | Path, out: 
                "corruption": corruption.as_dict(), "tokens": tokens, "target_fpr": target_fpr,
                "target_recall": target_recall, "vector": vector, "search": search,
                "evaluations": evaluations, "reference": reference, "mode": mode,
-               "heldout": heldout, "start": start}
+               "heldout": heldout, "start": start, "lr": lr}
     run.write_config(options, seed)
     for part, questions in (("forget", f_held), ("retain", r_held)):
         _write_questions(run, HELDOUT[part], questions)
@@ -140,7 +142,7 @@ def fit_guard(model: str | Target, forget: str | Path, retain: str | Path, out: 
             objective = forget_distance(layer, f_fit, corruption, ref, tokens)
             dims = corruption.dims(lm.input_embeddings().embedding_dim) if vector else 1
             found = (search_strength(objective, dims, start=start, evaluations=evaluations,
-                                     seed=seed) if search == "zo"
+                                     lr=lr, seed=seed) if search == "zo"
                      else grid_strength(objective, dims, evaluations=evaluations))
             guard.strength = found.strength
             report["strength_search"] = {**found.as_dict(), "reference": ref,

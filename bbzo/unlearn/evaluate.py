@@ -47,7 +47,19 @@ def question_requests(questions: Sequence[Question], params: dict | None = None)
 def score(layer: QueryLayer, questions: Sequence[Question],
           params: dict | None = None) -> Scores:
     """Score every question through ``layer`` (cached answers are free)."""
-    answers = layer.submit(question_requests(questions, params))
+    return score_many(layer, questions, [params or {}])[0]
+
+
+def score_many(layer: QueryLayer, questions: Sequence[Question],
+               params: Sequence[dict]) -> list[Scores]:
+    """``score`` once per entry of ``params``, all requests in one submit (shared batches)."""
+    requests = [r for p in params for r in question_requests(questions, p)]
+    answers = layer.submit(requests)
+    n = len(questions)
+    return [_read(questions, answers[i * n:(i + 1) * n]) for i in range(len(params))]
+
+
+def _read(questions: Sequence[Question], answers: Sequence) -> Scores:
     correct, p = [], []
     for q, answer in zip(questions, answers, strict=True):
         ll = np.asarray(answer.output.get("loglik"), dtype=float)

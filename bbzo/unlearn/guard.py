@@ -31,6 +31,7 @@ import numpy as np
 
 from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.targets.base import Target
+from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.unlearn.calibration import conformal_threshold, flag_rates, threshold_for_fpr
 from bbzo.unlearn.classifiers import make_classifier
@@ -84,31 +85,38 @@ class Guard:
         self.strength = [float(s) for s in np.atleast_1d(np.asarray(self.strength, float))]
 
     def fit(self, forget: Sequence[str], retain: Sequence[str], *, classifier: str = "tfidf",
-            target_fpr: float = 0.01, target_recall: float | None = None,
-            calibration_share: float = 0.3, seed: int = 0) -> Guard:
-        """Fit the classifier on part of ``forget`` (positives) and ``retain`` (negatives) and
-        set the threshold on the rest: at most ``target_fpr`` of held-out negatives flagged, or,
-        with ``target_recall``, split-conformal for that recall on held-out positives."""
+            target_fpr: float = 0.01, target_recall: float | None = None, folds: int = 5,
+            seed: int = 0) -> Guard:
+        """Fit the classifier on ``forget`` (positives) and ``retain`` (negatives) and set the
+        threshold on cross-fitted scores (each prompt scored by a classifier fitted on the
+        other ``folds`` − 1 folds): at most ``target_fpr`` of the negatives flagged, or, with
+        ``target_recall``, split-conformal for that recall on the positives."""
         if not forget or not retain:
             raise InputError("the forget and retain sets must both be non-empty")
         overlap = set(forget) & set(retain)
         if overlap:
             raise InputError(f"{len(overlap)} prompt(s) are in both the forget and the retain "
                              f"set (e.g. {sorted(overlap)[0]!r}); remove them from one")
-        rng = np.random.default_rng(seed)
-        fpos, cpos = _split(list(forget), calibration_share, rng)
-        fneg, cneg = _split(list(retain), calibration_share, rng)
-        self.classifier = make_classifier(classifier, seed).fit(fpos + fneg,
-                                                                [1] * len(fpos) + [0] * len(fneg))
-        spos, sneg = self.scores(cpos), self.scores(cneg)
+        int_at_least("folds", folds, 2)
+        prompts = [*forget, *retain]
+        labels = np.r_[np.ones(len(forget), int), np.zeros(len(retain), int)]
+        held = _folds(labels, folds, seed)
+        cross = np.zeros(len(prompts))
+        for k in range(folds):
+            train = held != k
+            if (held == k).any() and len(set(labels[train])) == 2:
+                model = make_classifier(classifier, seed).fit(
+                    [p for p, t in zip(prompts, train, strict=True) if t], labels[train])
+                cross[held == k] = model.predict_proba(
+                    [p for p, h in zip(prompts, held == k, strict=True) if h])[:, 1]
+        self.classifier = make_classifier(classifier, seed).fit(prompts, labels)
+        spos, sneg = cross[labels == 1], cross[labels == 0]
         self.threshold = (threshold_for_fpr(sneg, target_fpr) if target_recall is None
                           else conformal_threshold(spos, target_recall))
         self.report = {"classifier": classifier, "calibration": "fpr" if target_recall is None
                        else "conformal", "target_fpr": target_fpr, "target_recall": target_recall,
-                       "threshold": self.threshold, "calibration_positives": len(cpos),
-                       "calibration_negatives": len(cneg),
-                       **flag_rates(np.r_[spos, sneg], [1] * len(cpos) + [0] * len(cneg),
-                                    self.threshold)}
+                       "threshold": self.threshold, "folds": folds,
+                       **flag_rates(cross, labels, self.threshold)}
         return self
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
@@ -156,12 +164,14 @@ def load_guard(folder: str | Path) -> Guard:
                  tuple(s["keywords"]), s["mode"], s["prefix"], s["model_id"], s["report"])
 
 
-def _split(items: list, share: float, rng: np.random.Generator) -> tuple[list, list]:
-    """``items`` shuffled and cut into (1 − share, share) parts, each non-empty when possible."""
-    order = rng.permutation(len(items))
-    cut = min(max(len(items) - max(round(share * len(items)), 1), 1), len(items))
-    return [items[i] for i in order[:cut]], [items[i] for i in order[cut:]] or \
-        [items[i] for i in order[:cut]]
+def _folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each item, each class spread evenly over the folds (stratified)."""
+    rng = np.random.default_rng(seed)
+    held = np.empty(len(labels), dtype=int)
+    for value in (0, 1):
+        where = np.flatnonzero(labels == value)
+        held[rng.permutation(where)] = np.arange(len(where)) % folds
+    return held
 
 
 def prompt_text(request: Request) -> str:

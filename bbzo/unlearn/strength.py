@@ -20,7 +20,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.unlearn.corruptions import Corruption
-from bbzo.unlearn.evaluate import score
+from bbzo.unlearn.evaluate import score_many
 from bbzo.unlearn.guard import forced
 
 LogObjective = Callable[[np.ndarray], np.ndarray]
@@ -119,12 +119,11 @@ def forget_distance(layer: QueryLayer, questions: Sequence[Question], corruption
                     reference: float, tokens: str = "all_but_last") -> LogObjective:
     """Objective |accuracy − reference| + |mean p(correct) − reference| of the model with every
     prompt of ``questions`` corrupted at strength 10^L; each point costs one request per
-    question, all through ``layer``."""
+    question, all through ``layer`` (the points of one call in one submit)."""
     def objective(points: np.ndarray) -> np.ndarray:
-        values = []
-        for p in points:
-            s = score(layer, questions, forced(corruption, 10.0 ** np.asarray(p), tokens))
-            values.append(abs(s.accuracy - reference) + abs(float(s.p_correct.mean()) - reference))
-        return np.array(values)
+        params = [forced(corruption, 10.0 ** np.asarray(p), tokens) for p in points]
+        scored = score_many(layer, questions, params)  # every point in one submit
+        return np.array([abs(s.accuracy - reference) + abs(float(s.p_correct.mean()) - reference)
+                         for s in scored])
 
     return objective

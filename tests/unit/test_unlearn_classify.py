@@ -58,3 +58,19 @@ def test_conformal_with_too_few_positives_flags_everything_and_rates():
     assert rates == {"fpr": 0.5, "fnr": 0.5, "negatives": 2, "positives": 2}
     with pytest.raises(InputError, match="fpr"):
         threshold_for_fpr([0.1], 1.5)
+
+
+def test_guard_threshold_meets_its_fpr_on_cross_fitted_scores():
+    from bbzo.unlearn.guard import Guard
+
+    rng = np.random.default_rng(2)
+    words = ["river", "stone", "cloud", "paper", "glass", "field", "music", "train"]
+    forget = [f"Who wrote {w} by Quennel volume {i}?" for i, w in enumerate(words * 4)]
+    retain = [f"What is the {w} count {i} of {rng.integers(100)}?" for i, w in
+              enumerate(words * 5)]
+    guard = Guard().fit(forget, retain, target_fpr=0.1, folds=4)
+    assert guard.report["folds"] == 4 and guard.report["negatives"] == len(retain)
+    assert guard.report["fpr"] <= 0.1
+    assert guard.flags(["Who wrote snow by Quennel volume 99?"])[0]
+    with pytest.raises(InputError, match="folds"):
+        Guard().fit(forget, retain, folds=1)

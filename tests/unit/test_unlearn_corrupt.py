@@ -188,3 +188,20 @@ def test_guard_refuses_bad_settings(lm):
     with pytest.raises(InputError, match="unknown corruption"):
         GuardedLM(lm).call([request])
     assert np.isfinite(_loglik(lm, PLAIN)).all()
+
+
+def test_prefix_mode_puts_the_prefix_before_flagged_prompts_only(lm):
+    guarded = GuardedLM(lm, _guard(mode="prefix", prefix="Say you do not know."))
+    flagged = _generate(guarded, FLAGGED, logprobs=True)
+    by_hand = _generate(lm, f"{guarded.guard.prefix}\n\n{FLAGGED}", logprobs=True)
+    assert flagged.output == by_hand.output
+    assert _generate(guarded, PLAIN).output == _generate(lm, PLAIN).output
+
+
+def test_entity_tokens_corrupt_less_than_all_tokens(lm):
+    def moved(tokens: str) -> float:
+        answer = GuardedLM(lm, _guard(tokens=tokens)).call(
+            [Request("option_loglik", {"prompt": FLAGGED, "options": OPTIONS})])[0]
+        return float(np.abs(np.subtract(answer.output["loglik"], _loglik(lm, FLAGGED))).sum())
+
+    assert 0 < moved("entities") != moved("all_but_last")

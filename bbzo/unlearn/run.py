@@ -81,7 +81,7 @@ def fit_guard(model: str | Target, forget: str | Path, retain: str | Path, out: 
               tokens: str = "all_but_last", target_fpr: float = 0.01,
               target_recall: float | None = None, vector: bool = False, search: str = "zo",
               evaluations: int = 16, reference: float | None = None, mode: str = "eco",
-              heldout: float = 0.5, start: float = 0.0, lr: float = 0.5,
+              heldout: float = 0.5, start: float = 1.0, lr: float = 1.0,
               seed: int = 0) -> dict:
     """Fit a guard for ``model`` and write it to the artifact folder ``out``.
 

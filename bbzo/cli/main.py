@@ -23,6 +23,7 @@ from bbzo.cli.ledger import ledger
 from bbzo.cli.models import models
 from bbzo.cli.serve import serve_command
 from bbzo.cli.synth import synth
+from bbzo.cli.unlearn import unlearn
 from bbzo.errors import BbzoError
 from bbzo.runs.settings import FieldError
 
@@ -96,6 +97,7 @@ cli.add_command(models)
 cli.add_command(ledger)
 cli.add_command(serve_command)
 cli.add_command(synth)
+cli.add_command(unlearn)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

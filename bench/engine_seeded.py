@@ -153,11 +153,8 @@ def run(quick: bool) -> dict:
             "normals_per_step": {"new": new_count, "old": old_count}, "rows": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small Llama instead of 135M")
-    result = run(parser.parse_args().quick)
-    print(json.dumps(result, indent=1))
+def report(result: dict) -> None:
+    """Print ``run``'s figures, one line per thread count."""
     for r in result["rows"]:
         print(f"{r['threads']} thread(s): forwards {r['forwards_s']:.3f} s; noise/forwards "
               f"before {r['old_noise_per_forwards']:.2f} ({r['old_mnormals_per_s']:.0f} M/s), "
@@ -165,6 +162,14 @@ def main() -> None:
               f"whole step over forwards +{r['step_overhead_per_forwards']:.2f}; in CPU "
               f"seconds noise/forwards before {r['cpu_old_noise_per_forwards']:.2f}, after "
               f"{r['cpu_noise_per_forwards']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small Llama instead of 135M")
+    result = run(parser.parse_args().quick)
+    print(json.dumps(result, indent=1))
+    report(result)
 
 
 if __name__ == "__main__":

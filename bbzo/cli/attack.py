@@ -13,7 +13,14 @@ from bbzo.attacks.seca.baseline import BASELINES
 from bbzo.attacks.seca.evaluate import evaluate_run
 from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
-from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, PRESETS, SecaConfig, run_seca
+from bbzo.attacks.seca.run import (
+    DEMO_ITERATIONS,
+    DEMO_LIMIT,
+    PRESETS,
+    PROPOSER_MODES,
+    SecaConfig,
+    run_seca,
+)
 from bbzo.cli.console import note, print_json, print_table, progress_bars
 from bbzo.cli.options import config_option, given, out_path, run_options
 from bbzo.runs.driver import is_error, latest_records
@@ -37,6 +44,20 @@ def attack() -> None:
     """Attacks on models you can only query."""
 
 
+def _checker_options() -> list[Any]:
+    """The options of the equivalence and coherence checks (``attack seca`` and
+    ``attack check``)."""
+    option = functools.partial(config_option, SecaConfig)
+    return [
+        click.option("--lexical/--no-lexical", "lexical", default=None,
+                     help="Run the offline checkers (content alignment, negation/antonyms, "
+                          "qualifiers, repetition) [default: on]."),
+        option("max_unmatched", type=click.INT,
+               help="Most content words a rewrite may add or drop without a near-synonym."),
+        option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
+    ]
+
+
 def _seca_options(command: Any) -> Any:
     """The ``bbzo attack seca`` options of ``SecaConfig``'s fields, defaults from the class."""
     option = functools.partial(config_option, SecaConfig)
@@ -47,7 +68,12 @@ def _seca_options(command: Any) -> Any:
         option("target", help="Model under attack (hf:..., openai:...)."),
         option("base_url", help="Base URL of an OpenAI-compatible server for an openai: "
                                 "target."),
-        option("proposer", help="Model that writes the rewrites."),
+        option("proposer", help="Model that writes the rewrites, or 'rules' for the offline "
+                                "rules proposer alone."),
+        option("proposer_mode", type=click.Choice(PROPOSER_MODES),
+               help="llm (the proposer model), rules (offline question-form and framing "
+                    "transformations, synonym swaps), hybrid (both) or auto (llm for API "
+                    "proposers, hybrid for local ones)."),
         option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
                              "cannot follow the judge's format)."),
         option("embedder", help="Sentence-embedding model of the equivalence check, or "
@@ -68,7 +94,7 @@ def _seca_options(command: Any) -> Any:
                help="Most requests sent to any model in this invocation (ledger answers are "
                     "free)."),
         option("max_cost", type=click.FLOAT, help="Most US dollars spent in this invocation."),
-        option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
+        *_checker_options(),
         option("coherence_ratio", type=click.FLOAT,
                help="Most perplexity as a multiple of the original's."),
         option("samples", type=click.INT, help="Draws per text for --objective sampling."),

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from bbzo.attacks.seca.baseline import BASELINES
+from bbzo.attacks.seca.check import check_pairs
 from bbzo.attacks.seca.evaluate import evaluate_run
 from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
@@ -55,7 +56,35 @@ def _checker_options() -> list[Any]:
         option("max_unmatched", type=click.INT,
                help="Most content words a rewrite may add or drop without a near-synonym."),
         option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
+        option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
+                             "cannot follow the judge's format)."),
+        option("embedder", help="Sentence-embedding model of the equivalence check, or "
+                                "'none'."),
+        option("reference", help="Reference LM of the perplexity (coherence) check, or "
+                                 "'none'."),
+        option("coherence_ratio", type=click.FLOAT,
+               help="Most perplexity as a multiple of the original's."),
     ]
+
+
+def _config_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``SecaConfig`` fields given on the command line, paths as strings and 'none' roles
+    as None."""
+    changes = given(options, SecaConfig)
+    for name in ("questions", "match"):
+        if name in changes:
+            changes[name] = str(changes[name])
+    for name in ROLE_OPTIONS:
+        if name in changes:
+            changes[name] = _optional(changes[name])
+    return changes
+
+
+def _checker_decorators(command: Any) -> Any:
+    """Apply ``_checker_options`` to a command."""
+    for decorator in reversed(_checker_options()):
+        command = decorator(command)
+    return command
 
 
 def _seca_options(command: Any) -> Any:
@@ -74,12 +103,6 @@ def _seca_options(command: Any) -> Any:
                help="llm (the proposer model), rules (offline question-form and framing "
                     "transformations, synonym swaps), hybrid (both) or auto (llm for API "
                     "proposers, hybrid for local ones)."),
-        option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
-                             "cannot follow the judge's format)."),
-        option("embedder", help="Sentence-embedding model of the equivalence check, or "
-                                "'none'."),
-        option("reference", help="Reference LM of the perplexity (coherence) check, or "
-                                 "'none'."),
         option("objective", type=click.Choice(["auto", *OBJECTIVES]),
                help="How the target's answer probabilities are read (auto: option if the "
                     "target scores options, else letter, else sampling)."),
@@ -95,8 +118,6 @@ def _seca_options(command: Any) -> Any:
                     "free)."),
         option("max_cost", type=click.FLOAT, help="Most US dollars spent in this invocation."),
         *_checker_options(),
-        option("coherence_ratio", type=click.FLOAT,
-               help="Most perplexity as a multiple of the original's."),
         option("samples", type=click.INT, help="Draws per text for --objective sampling."),
         option("rpm", type=click.INT, help="Requests per minute allowed to each API model."),
         option("tpm", type=click.INT, help="Tokens per minute allowed to each API model."),
@@ -136,14 +157,7 @@ def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: b
     random baseline's results. Nothing is written before every option, file and model checks
     out.
     """
-    changes = given(options, SecaConfig)
-    for name in ("questions", "match"):
-        if name in changes:
-            changes[name] = str(changes[name])
-    for name in ROLE_OPTIONS:
-        if name in changes:
-            changes[name] = _optional(changes[name])
-    config = PRESETS[preset](**changes, seed=seed)
+    config = PRESETS[preset](**_config_changes(options), seed=seed)
     config.validate()  # a FieldError is a usage error on its option (bbzo.cli.main)
     path = out_path(out, resume=resume, command="seca")
     with progress_bars() as progress:
@@ -249,3 +263,52 @@ def _eval_table(summary: dict, run_dir: Path) -> None:
          f"{summary['unparsed_letters']} answers without a letter, "
          f"{summary['judge_parse_failures']} judge replies unparsed; {summary['sent']} requests "
          f"sent, ${summary['cost']:.4f}")
+
+
+@attack.command("check")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", default=None, help="Check only the pairs whose 'split' field is this "
+                                            "(e.g. heldout) [default: all].")
+@config_option(SecaConfig, "device", default_text="CUDA if present, else CPU",
+               help="Torch device of local models.")
+@config_option(SecaConfig, "judge_max_tokens", type=click.INT,
+               help="Most tokens of the judge's answer.")
+@_checker_decorators
+@run_options
+def check(pairs: Path, split: str | None, out: Path | None, seed: int, resume: bool,
+          json_output: bool, **options: Any) -> None:
+    """Audit SECA's equivalence and coherence checks on labelled pairs: PAIRS is JSONL with
+    "original", "rewrite" and optionally "equivalent" (true/false) on each line.
+
+    Runs exactly the checks 'bbzo attack seca' would run with the same options and writes
+    verdicts.jsonl (each pair's verdicts and every checker's score) and summary.json
+    (precision, recall and the confusion counts of the whole cascade and of each checker,
+    when labels are present).
+    """
+    config = SecaConfig(**_config_changes(options), seed=seed)
+    config.validate()
+    path = out_path(out, resume=resume, command="check")
+    summary = check_pairs(pairs, out=path, config=config, split=split, resume=resume)
+    if json_output:
+        print_json(summary)
+    else:
+        _check_table(summary)
+    note(f"wrote {path}: {', '.join(summary['files'])}")
+
+
+def _check_table(summary: dict) -> None:
+    title = (f"Checks on {summary['pairs']} pairs ({summary['labelled']} labelled): "
+             f"{summary['passed']} passed")
+    if not summary["labelled"]:
+        print_table(title, ["pairs", "passed", "equivalence errors", "coherence errors"],
+                    [(summary["pairs"], summary["passed"],
+                      _percent(summary["equivalence_error_rate"]),
+                      _percent(summary["coherence_error_rate"]))])
+        return
+    rows = [("all checks (cascade)", *_confusion_cells(summary))]
+    rows += [(name, *_confusion_cells(c)) for name, c in summary["per_checker"].items()]
+    print_table(title, ["checker", "precision", "recall", "tp", "fp", "fn", "tn"], rows)
+
+
+def _confusion_cells(c: dict) -> tuple:
+    return (_percent(c["precision"]), _percent(c["recall"]), c["tp"], c["fp"], c["fn"], c["tn"])

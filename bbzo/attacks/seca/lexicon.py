@@ -61,7 +61,7 @@ IRREGULAR = {"wrote": "write", "written": "write", "writes": "write", "made": "m
              "flew": "fly", "flown": "fly", "grew": "grow", "grown": "grow", "froze": "freeze",
              "frozen": "freeze", "died": "die", "lay": "lie", "best": "good",
              "better": "good", "worst": "bad", "worse": "bad", "whom": "who"}
-_WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*|\d+(?:[.,]\d+)*|n't")
+_WORD = re.compile(r"n't|[A-Za-z]+(?:-[A-Za-z]+)*|\d+(?:[.,]\d+)*")
 _FRAMING = re.compile(r"^\s*([A-Za-z' ]{1,40}):\s*(?=\S)")
 
 
@@ -118,7 +118,10 @@ class Words:
 
     @property
     def units(self) -> list[str]:
-        return sorted(stem(t) for t in self.tokens if t in UNITS or stem(t) in UNITS)
+        """Stems of unit words, except right after a wh-word ("what year" asks "when")."""
+        return sorted(stem(t) for i, t in enumerate(self.tokens)
+                      if (t in UNITS or stem(t) in UNITS)
+                      and not (i and self.tokens[i - 1] in WH))
 
     @property
     def qualifiers(self) -> list[str]:

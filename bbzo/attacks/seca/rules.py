@@ -48,6 +48,7 @@ _WHAT_BE = re.compile(r"^What\s+(is|are|was|were)\s+(.+?)\s*\?$")
 _TRAILING = re.compile(r"^(.+?)\s+((?:in|on|at|during)\s+(?:the\s+)?[A-Z][\w' ]*?)\s*\?$")
 _LEADING = re.compile(r"^(In|On|At|During)\s+([^,]+),\s+(.+?)\s*\?$")
 _WHO_DID = re.compile(r"^Who\s+(\w+)\s+(.+?)\s*\?$")
+_HAS_WH = re.compile(r"\b(what|which|who|whom|where|when)\b", re.IGNORECASE)
 _CONTRACTED = re.compile(r"^(What|Who|Where)'s\b")
 _FULL = re.compile(r"^(What|Who|Where) is\b")
 
@@ -80,6 +81,8 @@ def which_of(text: str, rng: random.Random, question: Question) -> str | None:
     if not found or len(question.choices) < 2:
         return None
     aux, rest = found.groups()
+    if _HAS_WH.search(rest):  # "which of these is the process by which ..." reads badly
+        return None
     return f"Which of {rng.choice(('these', 'the following'))} {aux} {rest}?"
 
 

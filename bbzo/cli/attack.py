@@ -176,11 +176,24 @@ def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: b
     note(f"wrote {path}: {', '.join(summary['files'])}")
 
 
+def _verdict_cell(record: dict) -> str:
+    """``equivalent``/``coherent`` verdicts of a final rewrite: ``eq ok coh ok``, or the names
+    of the checks it failed."""
+    failed = [v["name"] for a in ("equivalence", "coherence", "answer")
+              for v in record[f"{a}_verdicts"] if not v["passed"]]
+    if failed:
+        return "failed " + ", ".join(failed)
+    parts = [f"{short} {'ok' if record[f'{a}_passed'] else '-'}"
+             for a, short in (("equivalence", "eq"), ("coherence", "coh"))
+             if record[f"{a}_passed"] is not None]
+    return " ".join(parts) or "unchecked"
+
+
 def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
     rows = []
     for r in records:
         if is_error(r):
-            rows.append((r["id"], "-", "-", "-", "-", "-", "error", "-", r["error"]))
+            rows.append((r["id"], "-", "-", "-", "-", "-", "error", "-", "-", r["error"]))
             continue
         target = r["target_letter"] or "-"
         before, after = _percent(r["p_target_before"]), _percent(r["p_target_after"])
@@ -190,6 +203,7 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
                      f"{_percent(r['p_correct_before'])} -> {_percent(r['p_correct_after'])}"
                      if r["eligible"] else _percent(r["p_correct_before"]),
                      "yes" if r["success"] else "no", r["requests"],
+                     _verdict_cell(r) if r["eligible"] and r["changed"] else "-",
                      rewrite if r["eligible"] else "-"))
     asr = summary["asr"]
     method = "SECA" if config.baseline is None else f"{config.baseline.capitalize()} baseline"
@@ -197,8 +211,11 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
              f"{summary['attacked']} of {summary['eligible']} eligible "
              f"(ASR {_percent(asr)}), {summary['questions']} questions, seed {config.seed}")
     print_table(title, ["id", "subject", "eligible", "target", "p(target)", "p(correct)",
-                        "success", "queries", "rewrite"], rows)
-    note(f"equivalence pass rate {_percent(summary['equivalence_pass_rate'])}, coherence "
+                        "success", "queries", "verdicts", "rewrite"], rows)
+    note(f"final rewrites ({summary['final_rewrites']}): equivalence errors "
+         f"{_percent(summary['final_equivalence_error_rate'])}, coherence errors "
+         f"{_percent(summary['final_coherence_error_rate'])}; candidates checked: "
+         f"equivalence pass rate {_percent(summary['equivalence_pass_rate'])}, coherence "
          f"{_percent(summary['coherence_pass_rate'])} (over checked candidates); "
          f"{summary['sent']} requests sent, {summary['tokens']} tokens, "
          f"${summary['cost']:.4f}")

@@ -515,5 +515,31 @@ def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, An
         "tokens": sum(r["tokens"] for r in records),
         "cost": sum(r["cost"] for r in records),
         "per_subject": dict(sorted(subjects.items())),
+        **final_prompt_report(eligible),
+    }
+
+
+def final_prompt_report(eligible: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the final rewrites fare under the run's own checks, and every success.
+
+    ``final_equivalence_error_rate`` / ``final_coherence_error_rate``: of the eligible
+    questions whose final prompt is a rewrite, the fraction whose verdicts fail that aspect
+    (None: no rewrite). ``successes``: per attacked question the original, the rewrite,
+    p(target) before and after and the checkers that passed it.
+    """
+    changed = [r for r in eligible if r["changed"]]
+    successes = [{"id": r["id"], "original": r["original_question"],
+                  "rewrite": r["adversarial_question"], "target_letter": r["target_letter"],
+                  "p_target_before": r["p_target_before"], "p_target_after": r["p_target_after"],
+                  "checks": [v["name"] for a in ("equivalence", "coherence", "answer")
+                             for v in r[f"{a}_verdicts"]]}
+                 for r in eligible if r["success"]]
+    return {
+        "final_rewrites": len(changed),
+        "final_equivalence_error_rate": _rate(
+            sum(r["equivalence_passed"] is False for r in changed), len(changed)),
+        "final_coherence_error_rate": _rate(
+            sum(r["coherence_passed"] is False for r in changed), len(changed)),
+        "successes": successes,
     }
 

@@ -67,6 +67,9 @@ def test_transformations_that_do_not_apply_return_none():
     assert TRANSFORMS["passive"]("Who is the king?", rng, QUESTION) is None
     assert TRANSFORMS["which_of"]("What is it?", rng, Question("q", "What is it?", (), 0)) is None
     assert apply("Hmm: no.", rng, QUESTION) is None
+    # No framing of a framed or embedded question, no "which the X is" (the demo's lesson).
+    assert TRANSFORMS["frame"]("Could you tell me what it is?", rng, QUESTION) is None
+    assert TRANSFORMS["embed"]("Which is the largest ocean?", rng, QUESTION) is None
 
 
 def test_seeded_and_counted():

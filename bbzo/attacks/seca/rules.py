@@ -43,7 +43,8 @@ SWAPS = {w: v for a, b in (
 PARTICIPLES = {"wrote": "written", "built": "built", "made": "made", "found": "found",
                "drew": "drawn", "sang": "sung", "gave": "given", "led": "led",
                "founded": "founded"}
-_WH_BE = re.compile(r"^(What|Which|Who|Where|When)\s+(is|are|was|were)\s+(.+?)\s*\?$")
+_WH_BE = re.compile(r"^(What|Who|Where|When)\s+(is|are|was|were)\s+(.+?)\s*\?$")
+_DIRECT = re.compile(r"^(What|Which|Who|Whom|Where|When|How|Why|In|On|At|During|By)\b")
 _WHAT_BE = re.compile(r"^What\s+(is|are|was|were)\s+(.+?)\s*\?$")
 _TRAILING = re.compile(r"^(.+?)\s+((?:in|on|at|during)\s+(?:the\s+)?[A-Z][\w' ]*?)\s*\?$")
 _LEADING = re.compile(r"^(In|On|At|During)\s+([^,]+),\s+(.+?)\s*\?$")
@@ -71,7 +72,7 @@ def embed(text: str, rng: random.Random, question: Question) -> str | None:
 
 
 def frame(text: str, rng: random.Random, question: Question) -> str | None:
-    if ":" in text:
+    if ":" in text or not _DIRECT.match(text):  # a direct question, not yet framed
         return None
     return rng.choice(FRAMES) + _lower_first(text)
 

@@ -49,6 +49,9 @@ def test_rewrites_of_rewrites_keep_the_meaning():
 
 @pytest.mark.parametrize("name, text, expected", [
     ("embed", "What is the capital of France?", "what the capital of France is?"),
+    ("embed", "Where are the Pyramids of Giza located?",
+     "where the Pyramids of Giza are located?"),
+    ("embed", "What is bread made of?", "what bread is made of?"),
     ("frame", "What is the capital of France?", ": what is the capital of France?"),
     ("which_of", "What is the capital of France?", "is the capital of France?"),
     ("front", "What is the largest ocean on Earth?", "On Earth, what is the largest ocean?"),

@@ -43,6 +43,9 @@ SWAPS = {w: v for a, b in (
 PARTICIPLES = {"wrote": "written", "built": "built", "made": "made", "found": "found",
                "drew": "drawn", "sang": "sung", "gave": "given", "led": "led",
                "founded": "founded"}
+IRREGULAR_PARTICIPLES = frozenset(
+    "known made built written found given spoken taken seen done held sung drawn eaten "
+    "grown thrown worn born shown".split())
 _WH_BE = re.compile(r"^(What|Who|Where|When)\s+(is|are|was|were)\s+(.+?)\s*\?$")
 _DIRECT = re.compile(r"^(What|Which|Who|Whom|Where|When|How|Why|In|On|At|During|By)\b")
 _WHAT_BE = re.compile(r"^What\s+(is|are|was|were)\s+(.+?)\s*\?$")
@@ -68,7 +71,21 @@ def embed(text: str, rng: random.Random, question: Question) -> str | None:
     if not found:
         return None
     wh, aux, rest = found.groups()
-    return f"{rng.choice(EMBED_FRAMES)} {wh.lower()} {rest} {aux}?"
+    words = rest.split()
+    # The auxiliary goes before a participle ("where X is located"), else at the end.
+    at = next((i for i, w in enumerate(words)
+               if i and _is_participle(w) and words[i - 1].lower() not in ("the", "a", "an")),
+              len(words))
+    clause = " ".join([*words[:at], aux, *words[at:]])
+    return f"{rng.choice(EMBED_FRAMES)} {wh.lower()} {clause}?"
+
+
+def _is_participle(word: str) -> bool:
+    """A past participle by its form: ``-ed`` (not ``-eed``: "speed"), or a listed irregular
+    one."""
+    word = word.lower()
+    return (word.endswith("ed") and not word.endswith("eed") and len(word) > 4
+            or word in IRREGULAR_PARTICIPLES)
 
 
 def frame(text: str, rng: random.Random, question: Question) -> str | None:

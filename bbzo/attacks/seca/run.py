@@ -5,13 +5,16 @@ Roles and their models (specs as in ``bbzo.blackbox.targets.spec``):
 | role | default | used for |
 | --- | --- | --- |
 | target | ``hf:smollm2-135m-instruct`` | the model under attack (the objective) |
-| proposer | ``hf:smollm2-135m-instruct`` | writes rewrites |
+| proposer | ``hf:smollm2-135m-instruct`` | writes rewrites (+ rules: ``proposer_mode``) |
 | embedder | ``embed:minilm-l6`` | equivalence by embedding similarity (None: off) |
 | reference | ``hf:smollm2-135m-instruct`` | coherence by perplexity (None: off) |
 | judge | None (off) | the paper's LLM judge: five equivalence criteria + fluency |
 
-The judge is off by default: the bundled 135M model cannot act as one (its replies never
-parse as the requested JSON); point ``judge`` at a capable model to turn it on. The roles are
+Every check runs in ``cascade.build_constraints`` order: option leak, the offline checkers
+(``equivalence.py``), embedding, perplexity, judge; ``bbzo attack check`` audits the same
+checks on labelled pairs. The judge is off by default: the bundled 135M model cannot act as
+one (its replies never parse as the requested JSON); point ``judge`` at a capable model to
+turn it on. The roles are
 ``bbzo.runs.Roles``: roles on the same spec share one loaded model, each role has its own
 ``QueryLayer``, all layers write ONE ledger (``ledger.sqlite`` in the run folder) and spend ONE
 ``Budget``: ``budget_queries`` counts every request sent to any role's model (answers from the

@@ -10,10 +10,18 @@ from typing import Any
 import click
 
 from bbzo.attacks.seca.baseline import BASELINES
+from bbzo.attacks.seca.check import check_pairs
 from bbzo.attacks.seca.evaluate import evaluate_run
 from bbzo.attacks.seca.objective import OBJECTIVES
 from bbzo.attacks.seca.proposer import FORMATS
-from bbzo.attacks.seca.run import DEMO_ITERATIONS, DEMO_LIMIT, PRESETS, SecaConfig, run_seca
+from bbzo.attacks.seca.run import (
+    DEMO_ITERATIONS,
+    DEMO_LIMIT,
+    PRESETS,
+    PROPOSER_MODES,
+    SecaConfig,
+    run_seca,
+)
 from bbzo.cli.console import note, print_json, print_table, progress_bars
 from bbzo.cli.options import config_option, given, out_path, run_options
 from bbzo.runs.driver import is_error, latest_records
@@ -37,6 +45,48 @@ def attack() -> None:
     """Attacks on models you can only query."""
 
 
+def _checker_options() -> list[Any]:
+    """The options of the equivalence and coherence checks (``attack seca`` and
+    ``attack check``)."""
+    option = functools.partial(config_option, SecaConfig)
+    return [
+        click.option("--lexical/--no-lexical", "lexical", default=None,
+                     help="Run the offline checkers (content alignment, negation/antonyms, "
+                          "qualifiers, repetition) [default: on]."),
+        option("max_unmatched", type=click.INT,
+               help="Most content words a rewrite may add or drop without a near-synonym."),
+        option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
+        option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
+                             "cannot follow the judge's format)."),
+        option("embedder", help="Sentence-embedding model of the equivalence check, or "
+                                "'none'."),
+        option("reference", help="Reference LM of the perplexity (coherence) check, or "
+                                 "'none'."),
+        option("coherence_ratio", type=click.FLOAT,
+               help="Most perplexity as a multiple of the original's."),
+    ]
+
+
+def _config_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``SecaConfig`` fields given on the command line, paths as strings and 'none' roles
+    as None."""
+    changes = given(options, SecaConfig)
+    for name in ("questions", "match"):
+        if name in changes:
+            changes[name] = str(changes[name])
+    for name in ROLE_OPTIONS:
+        if name in changes:
+            changes[name] = _optional(changes[name])
+    return changes
+
+
+def _checker_decorators(command: Any) -> Any:
+    """Apply ``_checker_options`` to a command."""
+    for decorator in reversed(_checker_options()):
+        command = decorator(command)
+    return command
+
+
 def _seca_options(command: Any) -> Any:
     """The ``bbzo attack seca`` options of ``SecaConfig``'s fields, defaults from the class."""
     option = functools.partial(config_option, SecaConfig)
@@ -47,13 +97,12 @@ def _seca_options(command: Any) -> Any:
         option("target", help="Model under attack (hf:..., openai:...)."),
         option("base_url", help="Base URL of an OpenAI-compatible server for an openai: "
                                 "target."),
-        option("proposer", help="Model that writes the rewrites."),
-        option("judge", help="LLM judge of equivalence and fluency (the bundled 135M model "
-                             "cannot follow the judge's format)."),
-        option("embedder", help="Sentence-embedding model of the equivalence check, or "
-                                "'none'."),
-        option("reference", help="Reference LM of the perplexity (coherence) check, or "
-                                 "'none'."),
+        option("proposer", help="Model that writes the rewrites, or 'rules' for the offline "
+                                "rules proposer alone."),
+        option("proposer_mode", type=click.Choice(PROPOSER_MODES),
+               help="llm (the proposer model), rules (offline question-form and framing "
+                    "transformations, synonym swaps), hybrid (both) or auto (llm for API "
+                    "proposers, hybrid for local ones)."),
         option("objective", type=click.Choice(["auto", *OBJECTIVES]),
                help="How the target's answer probabilities are read (auto: option if the "
                     "target scores options, else letter, else sampling)."),
@@ -68,9 +117,7 @@ def _seca_options(command: Any) -> Any:
                help="Most requests sent to any model in this invocation (ledger answers are "
                     "free)."),
         option("max_cost", type=click.FLOAT, help="Most US dollars spent in this invocation."),
-        option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),
-        option("coherence_ratio", type=click.FLOAT,
-               help="Most perplexity as a multiple of the original's."),
+        *_checker_options(),
         option("samples", type=click.INT, help="Draws per text for --objective sampling."),
         option("rpm", type=click.INT, help="Requests per minute allowed to each API model."),
         option("tpm", type=click.INT, help="Tokens per minute allowed to each API model."),
@@ -110,14 +157,7 @@ def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: b
     random baseline's results. Nothing is written before every option, file and model checks
     out.
     """
-    changes = given(options, SecaConfig)
-    for name in ("questions", "match"):
-        if name in changes:
-            changes[name] = str(changes[name])
-    for name in ROLE_OPTIONS:
-        if name in changes:
-            changes[name] = _optional(changes[name])
-    config = PRESETS[preset](**changes, seed=seed)
+    config = PRESETS[preset](**_config_changes(options), seed=seed)
     config.validate()  # a FieldError is a usage error on its option (bbzo.cli.main)
     path = out_path(out, resume=resume, command="seca")
     with progress_bars() as progress:
@@ -136,11 +176,24 @@ def seca(preset: str, retry_errors: bool, out: Path | None, seed: int, resume: b
     note(f"wrote {path}: {', '.join(summary['files'])}")
 
 
+def _verdict_cell(record: dict) -> str:
+    """``equivalent``/``coherent`` verdicts of a final rewrite: ``eq ok coh ok``, or the names
+    of the checks it failed."""
+    failed = [v["name"] for a in ("equivalence", "coherence", "answer")
+              for v in record[f"{a}_verdicts"] if not v["passed"]]
+    if failed:
+        return "failed " + ", ".join(failed)
+    parts = [f"{short} {'ok' if record[f'{a}_passed'] else '-'}"
+             for a, short in (("equivalence", "eq"), ("coherence", "coh"))
+             if record[f"{a}_passed"] is not None]
+    return " ".join(parts) or "unchecked"
+
+
 def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
     rows = []
     for r in records:
         if is_error(r):
-            rows.append((r["id"], "-", "-", "-", "-", "-", "error", "-", r["error"]))
+            rows.append((r["id"], "-", "-", "-", "-", "-", "error", "-", "-", r["error"]))
             continue
         target = r["target_letter"] or "-"
         before, after = _percent(r["p_target_before"]), _percent(r["p_target_after"])
@@ -150,6 +203,7 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
                      f"{_percent(r['p_correct_before'])} -> {_percent(r['p_correct_after'])}"
                      if r["eligible"] else _percent(r["p_correct_before"]),
                      "yes" if r["success"] else "no", r["requests"],
+                     _verdict_cell(r) if r["eligible"] and r["changed"] else "-",
                      rewrite if r["eligible"] else "-"))
     asr = summary["asr"]
     method = "SECA" if config.baseline is None else f"{config.baseline.capitalize()} baseline"
@@ -157,8 +211,11 @@ def _table(records: list[dict], summary: dict, config: SecaConfig) -> None:
              f"{summary['attacked']} of {summary['eligible']} eligible "
              f"(ASR {_percent(asr)}), {summary['questions']} questions, seed {config.seed}")
     print_table(title, ["id", "subject", "eligible", "target", "p(target)", "p(correct)",
-                        "success", "queries", "rewrite"], rows)
-    note(f"equivalence pass rate {_percent(summary['equivalence_pass_rate'])}, coherence "
+                        "success", "queries", "verdicts", "rewrite"], rows)
+    note(f"final rewrites ({summary['final_rewrites']}): equivalence errors "
+         f"{_percent(summary['final_equivalence_error_rate'])}, coherence errors "
+         f"{_percent(summary['final_coherence_error_rate'])}; candidates checked: "
+         f"equivalence pass rate {_percent(summary['equivalence_pass_rate'])}, coherence "
          f"{_percent(summary['coherence_pass_rate'])} (over checked candidates); "
          f"{summary['sent']} requests sent, {summary['tokens']} tokens, "
          f"${summary['cost']:.4f}")
@@ -223,3 +280,52 @@ def _eval_table(summary: dict, run_dir: Path) -> None:
          f"{summary['unparsed_letters']} answers without a letter, "
          f"{summary['judge_parse_failures']} judge replies unparsed; {summary['sent']} requests "
          f"sent, ${summary['cost']:.4f}")
+
+
+@attack.command("check")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", default=None, help="Check only the pairs whose 'split' field is this "
+                                            "(e.g. heldout) [default: all].")
+@config_option(SecaConfig, "device", default_text="CUDA if present, else CPU",
+               help="Torch device of local models.")
+@config_option(SecaConfig, "judge_max_tokens", type=click.INT,
+               help="Most tokens of the judge's answer.")
+@_checker_decorators
+@run_options
+def check(pairs: Path, split: str | None, out: Path | None, seed: int, resume: bool,
+          json_output: bool, **options: Any) -> None:
+    """Audit SECA's equivalence and coherence checks on labelled pairs: PAIRS is JSONL with
+    "original", "rewrite" and optionally "equivalent" (true/false) on each line.
+
+    Runs exactly the checks 'bbzo attack seca' would run with the same options and writes
+    verdicts.jsonl (each pair's verdicts and every checker's score) and summary.json
+    (precision, recall and the confusion counts of the whole cascade and of each checker,
+    when labels are present).
+    """
+    config = SecaConfig(**_config_changes(options), seed=seed)
+    config.validate()
+    path = out_path(out, resume=resume, command="check")
+    summary = check_pairs(pairs, out=path, config=config, split=split, resume=resume)
+    if json_output:
+        print_json(summary)
+    else:
+        _check_table(summary)
+    note(f"wrote {path}: {', '.join(summary['files'])}")
+
+
+def _check_table(summary: dict) -> None:
+    title = (f"Checks on {summary['pairs']} pairs ({summary['labelled']} labelled): "
+             f"{summary['passed']} passed")
+    if not summary["labelled"]:
+        print_table(title, ["pairs", "passed", "equivalence errors", "coherence errors"],
+                    [(summary["pairs"], summary["passed"],
+                      _percent(summary["equivalence_error_rate"]),
+                      _percent(summary["coherence_error_rate"]))])
+        return
+    rows = [("all checks (cascade)", *_confusion_cells(summary))]
+    rows += [(name, *_confusion_cells(c)) for name, c in summary["per_checker"].items()]
+    print_table(title, ["checker", "precision", "recall", "tp", "fp", "fn", "tn"], rows)
+
+
+def _confusion_cells(c: dict) -> tuple:
+    return (_percent(c["precision"]), _percent(c["recall"]), c["tp"], c["fp"], c["fn"], c["tn"])

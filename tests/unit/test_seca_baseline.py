@@ -110,7 +110,7 @@ def runs(tmp_path_factory):
     config = SecaConfig(questions=str(root / "q.jsonl"), target=f"hf:{lm}", proposer=f"hf:{lm}",
                         reference=f"hf:{lm}", embedder=f"embed:{embedder}", iterations=2,
                         similarity=0.05, coherence_ratio=1e6, shuffle=False,
-                        proposer_max_tokens=8, device="cpu")
+                        proposer_max_tokens=8, device="cpu", proposer_mode="llm", lexical=False)
     seca = run_seca(config, out=root / "seca")
     baseline = run_seca(replace(config, baseline="random", match=str(root / "seca")),
                         out=root / "random")

@@ -22,7 +22,7 @@ def models(tmp_path_factory):
     embedder = save_tiny_embedder(root / "emb")
     return ["--target", f"hf:{lm}", "--proposer", f"hf:{lm}", "--reference", f"hf:{lm}",
             "--embedder", f"embed:{embedder}", "--device", "cpu", "--similarity", "0.05",
-            "--coherence-ratio", "1e6"]
+            "--coherence-ratio", "1e6", "--proposer-mode", "llm", "--no-lexical"]
 
 
 @pytest.fixture()

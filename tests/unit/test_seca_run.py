@@ -56,7 +56,8 @@ def setup(tmp_path_factory):
     config = SecaConfig(questions=str(path), target=f"hf:{lm}", proposer=f"hf:{lm}",
                         reference=f"hf:{lm}", embedder=f"embed:{embedder}",
                         iterations=2, similarity=0.05, coherence_ratio=1e6, shuffle=False,
-                        proposer_max_tokens=8, judge_max_tokens=8, device="cpu")
+                        proposer_max_tokens=8, judge_max_tokens=8, device="cpu",
+                        proposer_mode="llm", lexical=False)
     return config
 
 

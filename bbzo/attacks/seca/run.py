@@ -5,13 +5,16 @@ Roles and their models (specs as in ``bbzo.blackbox.targets.spec``):
 | role | default | used for |
 | --- | --- | --- |
 | target | ``hf:smollm2-135m-instruct`` | the model under attack (the objective) |
-| proposer | ``hf:smollm2-135m-instruct`` | writes rewrites |
+| proposer | ``hf:smollm2-135m-instruct`` | writes rewrites (+ rules: ``proposer_mode``) |
 | embedder | ``embed:minilm-l6`` | equivalence by embedding similarity (None: off) |
 | reference | ``hf:smollm2-135m-instruct`` | coherence by perplexity (None: off) |
 | judge | None (off) | the paper's LLM judge: five equivalence criteria + fluency |
 
-The judge is off by default: the bundled 135M model cannot act as one (its replies never
-parse as the requested JSON); point ``judge`` at a capable model to turn it on. The roles are
+Every check runs in ``cascade.build_constraints`` order: option leak, the offline checkers
+(``equivalence.py``), embedding, perplexity, judge; ``bbzo attack check`` audits the same
+checks on labelled pairs. The judge is off by default: the bundled 135M model cannot act as
+one (its replies never parse as the requested JSON); point ``judge`` at a capable model to
+turn it on. The roles are
 ``bbzo.runs.Roles``: roles on the same spec share one loaded model, each role has its own
 ``QueryLayer``, all layers write ONE ledger (``ledger.sqlite`` in the run folder) and spend ONE
 ``Budget``: ``budget_queries`` counts every request sent to any role's model (answers from the
@@ -49,18 +52,12 @@ from typing import Any
 import numpy as np
 
 from bbzo.attacks.seca.baseline import BASELINES, matched_budgets, parent_selection
-from bbzo.attacks.seca.constraints import (
-    Checks,
-    Constraint,
-    EmbeddingSimilarity,
-    LLMJudge,
-    OptionLeak,
-    PerplexityCoherence,
-    Verdict,
-)
+from bbzo.attacks.seca.cascade import build_constraints
+from bbzo.attacks.seca.constraints import Checks, Verdict
 from bbzo.attacks.seca.objective import OBJECTIVES, Objective, make_objective
 from bbzo.attacks.seca.proposer import FORMATS, LLMProposer
 from bbzo.attacks.seca.questions import Question, load_questions
+from bbzo.attacks.seca.rules import HybridProposer, RulesProposer
 from bbzo.attacks.seca.search import choose_target, seca_search
 from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.targets.spec import check_fits
@@ -75,6 +72,8 @@ from bbzo.runs.settings import FieldError, check_fields
 DEFAULT_LM = "hf:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "embed:minilm-l6"
 ROLES = ("target", "proposer", "embedder", "reference", "judge")
+PROPOSER_MODES = ("auto", "llm", "rules", "hybrid")
+RULES = "rules"  # --proposer rules: the rules proposer alone, no proposer model
 FILES = [".bbzo-run.json", "config.json", "results.jsonl", "summary.json", "ledger.sqlite"]
 DEMO_LIMIT = 3  # the demo: about five minutes on 2 CPU cores (SmolLM2: ~15 s per search step)
 DEMO_ITERATIONS = 5
@@ -90,6 +89,10 @@ class SecaConfig:
             table); judge, embedder and reference may be None (that check is off).
         base_url: base URL of an OpenAI-compatible server for an ``openai:`` target.
         objective: ``auto``, ``letter``, ``option`` or ``sampling`` (``objective.py``).
+        proposer_mode: ``llm`` (the proposer model alone), ``rules`` (the offline rules
+            proposer, ``rules.py``; no proposer model), ``hybrid`` (both) or ``auto``:
+            ``llm`` for an API proposer (the paper's), ``hybrid`` for a local one.
+            ``proposer="rules"`` means ``rules``.
         proposer_format: ``auto`` (``chat`` for remote proposers, ``completion`` for local
             ones), ``chat`` or ``completion`` (``proposer.py``).
         iterations: most search steps per question.
@@ -100,6 +103,9 @@ class SecaConfig:
         seed: seed of the option shuffle, the proposer's draws and the sampling objective.
         limit: attack only the first ``limit`` questions (None: all).
         shuffle: shuffle each question's options with the seed.
+        lexical: run the offline checkers (``equivalence.py``: content alignment,
+            negation/antonyms, qualifiers, repetition) before the model-based checks.
+        max_unmatched: most content words a rewrite may add or drop without a near-synonym.
         similarity: least embedding cosine for equivalence.
         coherence_ratio: most perplexity, as a multiple of the original's.
             The defaults (0.9, 5.0) come from SmolLM2 rewrites of built-in questions: fluent
@@ -125,6 +131,7 @@ class SecaConfig:
     embedder: str | None = DEFAULT_EMBEDDER
     reference: str | None = DEFAULT_LM
     objective: str = "auto"
+    proposer_mode: str = "auto"
     proposer_format: str = "auto"
     iterations: int = 30
     candidates: int = 3
@@ -134,6 +141,8 @@ class SecaConfig:
     seed: int = 0
     limit: int | None = None
     shuffle: bool = True
+    lexical: bool = True
+    max_unmatched: int = 0
     similarity: float = 0.9
     coherence_ratio: float = 5.0
     samples: int = 10
@@ -160,6 +169,10 @@ class SecaConfig:
                      "judge_max_tokens", "local_batch"):
             checks.append((name, lambda n=name: int_at_least(n, getattr(self, n))))
         checks.append(("seed", lambda: int_at_least("seed", self.seed, 0)))
+        checks.append(("max_unmatched",
+                       lambda: int_at_least("max_unmatched", self.max_unmatched, 0)))
+        checks.append(("proposer_mode",
+                       lambda: one_of("proposer_mode", self.proposer_mode, PROPOSER_MODES)))
         for name in ("limit", "budget_queries", "rpm", "tpm"):
             if getattr(self, name) is not None:
                 checks.append((name, lambda n=name: int_at_least(n, getattr(self, n))))
@@ -184,6 +197,14 @@ class SecaConfig:
         if self.base_url is not None and not self.target.strip().startswith("openai:"):
             raise FieldError("base_url", f"applies to an openai:<model> target only, not to "
                                          f"{self.target!r}; drop it or use an openai: target")
+
+    def resolved_proposer_mode(self) -> str:
+        """``llm``, ``rules`` or ``hybrid`` (``auto`` and ``proposer="rules"`` resolved)."""
+        if self.proposer.strip().lower() == RULES:
+            return RULES
+        if self.proposer_mode != "auto":
+            return self.proposer_mode
+        return "llm" if self.proposer.strip().startswith("openai:") else "hybrid"
 
     def budget(self) -> Budget:
         """A fresh budget of this invocation (all roles together)."""
@@ -233,7 +254,7 @@ def _needed_roles(config: SecaConfig, *, objective: Any, proposer: Any,
     specs: dict[str, str | None] = {}
     if objective is None:
         specs["target"] = config.target
-    if proposer is None:
+    if proposer is None and config.resolved_proposer_mode() != RULES:
         specs["proposer"] = config.proposer
     if checks is None:
         specs.update(embedder=config.embedder, reference=config.reference, judge=config.judge)
@@ -248,22 +269,27 @@ def build_parts(config: SecaConfig, roles: Roles, *, objective: Objective | None
         objective = make_objective(config.objective, layers["target"], samples=config.samples,
                                    seed=config.seed)
     if proposer is None:
-        fmt = config.proposer_format
-        if fmt == "auto":
-            fmt = "chat" if layers["proposer"].target.remote else "completion"
-        proposer = LLMProposer(layers["proposer"], seed=config.seed, fmt=fmt,
-                               temperature=config.temperature,
-                               max_tokens=config.proposer_max_tokens)
+        proposer = _build_proposer(config, layers)
     if checks is None:
-        constraints: list[Constraint] = [OptionLeak()]
-        if "embedder" in layers:
-            constraints.append(EmbeddingSimilarity(layers["embedder"], config.similarity))
-        if "reference" in layers:
-            constraints.append(PerplexityCoherence(layers["reference"], config.coherence_ratio))
-        if "judge" in layers:
-            constraints.append(LLMJudge(layers["judge"], max_tokens=config.judge_max_tokens))
-        checks = Checks(constraints)
+        checks = Checks(build_constraints(
+            layers, lexical=config.lexical, max_unmatched=config.max_unmatched,
+            similarity=config.similarity, coherence_ratio=config.coherence_ratio,
+            judge_max_tokens=config.judge_max_tokens))
     return SecaParts(objective, proposer, checks)
+
+
+def _build_proposer(config: SecaConfig, layers: dict) -> Any:
+    """The proposer of ``config.resolved_proposer_mode()``."""
+    mode = config.resolved_proposer_mode()
+    rules = RulesProposer(seed=config.seed)
+    if mode == RULES:
+        return rules
+    fmt = config.proposer_format
+    if fmt == "auto":
+        fmt = "chat" if layers["proposer"].target.remote else "completion"
+    llm = LLMProposer(layers["proposer"], seed=config.seed, fmt=fmt,
+                      temperature=config.temperature, max_tokens=config.proposer_max_tokens)
+    return llm if mode == "llm" else HybridProposer(llm, rules)
 
 
 def _check_lengths(questions: list[Question], roles: Roles) -> None:
@@ -492,5 +518,31 @@ def summarize(records: list[dict[str, Any]], config: SecaConfig) -> dict[str, An
         "tokens": sum(r["tokens"] for r in records),
         "cost": sum(r["cost"] for r in records),
         "per_subject": dict(sorted(subjects.items())),
+        **final_prompt_report(eligible),
+    }
+
+
+def final_prompt_report(eligible: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the final rewrites fare under the run's own checks, and every success.
+
+    ``final_equivalence_error_rate`` / ``final_coherence_error_rate``: of the eligible
+    questions whose final prompt is a rewrite, the fraction whose verdicts fail that aspect
+    (None: no rewrite). ``successes``: per attacked question the original, the rewrite,
+    p(target) before and after and the checkers that passed it.
+    """
+    changed = [r for r in eligible if r["changed"]]
+    successes = [{"id": r["id"], "original": r["original_question"],
+                  "rewrite": r["adversarial_question"], "target_letter": r["target_letter"],
+                  "p_target_before": r["p_target_before"], "p_target_after": r["p_target_after"],
+                  "checks": [v["name"] for a in ("equivalence", "coherence", "answer")
+                             for v in r[f"{a}_verdicts"]]}
+                 for r in eligible if r["success"]]
+    return {
+        "final_rewrites": len(changed),
+        "final_equivalence_error_rate": _rate(
+            sum(r["equivalence_passed"] is False for r in changed), len(changed)),
+        "final_coherence_error_rate": _rate(
+            sum(r["coherence_passed"] is False for r in changed), len(changed)),
+        "successes": successes,
     }
 

@@ -222,6 +222,15 @@ def _not_a_positive_int(text: str) -> bool:
         return True
 
 
+def _bad_int(option: str, text: str) -> bool:
+    """Whether ``text`` is invalid for ``option`` (``--seed`` takes 0 too; the rest need >= 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        return True
+    return value < (0 if option == "--seed" else 1)
+
+
 def _bad_float(option: str, text: str) -> bool:
     try:
         value = float(text)
@@ -235,7 +244,7 @@ odd_strings = st.text(max_size=12)
 int_cases = st.tuples(st.sampled_from(INT_OPTIONS), st.one_of(
     st.integers(max_value=0, min_value=-10**30).map(str),
     st.sampled_from(["nan", "inf", "1.5", "1e3", "", "0x10", "3 apples"]),
-    odd_strings.filter(_not_a_positive_int)))
+    odd_strings.filter(_not_a_positive_int))).filter(lambda c: _bad_int(*c))
 float_cases = st.tuples(st.sampled_from(FLOAT_OPTIONS), st.one_of(
     st.sampled_from(["nan", "NaN", "inf", "-inf", "1e999", "-1e999", "0", "-0.0", "2", "1e308",
                      "", "abc"]),

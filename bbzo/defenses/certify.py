@@ -118,9 +118,10 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     target, defense = resolve_model(model, blackbox=blackbox, max_batch=settings.batch)
     check_fits(target, defense, images.x[0])
     count = len(images) if limit is None else min(limit, len(images))
+    # What decides the results; the batch size and the budget may change on a resume.
+    decisive = {k: v for k, v in settings.to_dict().items() if k != "batch"}
     options = {"model": str(model), "blackbox": blackbox, "data": dataset.describe(),
-               "split": split, "limit": count, "mode": mode, "max_queries": max_queries,
-               **settings.to_dict()}
+               "split": split, "limit": count, "mode": mode, **decisive}
     run = RunFolder(out, resume=resume)
     run.write_config(options, seed)
     results = results_name(mode)

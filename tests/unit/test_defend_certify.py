@@ -201,7 +201,7 @@ def test_cli_bad_input_exits_2_writing_nothing(arch: str, tmp_path: Path, args: 
 
 def test_no_probabilities_is_a_one_line_error(tmp_path: Path, images: str) -> None:
     path = tmp_path / "bad.py"
-    path.write_text("import torch\ndef make():\n    return torch.nn.Flatten()\n")
+    path.write_text("import torch\ndef make():\n    return torch.nn.Flatten(0)\n")  # (n*16,)
     with pytest.raises(InputError, match="class probabilities"):
         certify_run(f"torch:{path}:make", out=tmp_path / "run", data=images,
                     settings=settings())

@@ -78,6 +78,11 @@ def train_classifier_command(data: str, epochs: int, out: Path, seed: int,
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--depth", type=int, default=4, show_default=True, help="Denoiser conv layers.")
+@click.option("--width", type=int, default=16, show_default=True,
+              help="Denoiser channels.")
+@click.option("--latent", type=int, default=48, show_default=True,
+              help="Autoencoder latent size (about 16x below the input: 48 for 28x28).")
 @click.option("--ae-epochs", type=int, default=5, show_default=True,
               help="Autoencoder pre-training epochs (local).")
 @click.option("--denoiser-epochs", type=int, default=1, show_default=True,

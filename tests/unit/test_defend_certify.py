@@ -54,6 +54,10 @@ ARCH = textwrap.dedent('''
 
     def brightness():
         return Brightness()
+
+    def sized():
+        """Takes only 1×4×4 images."""
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
 ''')
 
 
@@ -193,8 +197,8 @@ def test_bad_settings_name_the_field(field: str, value: float) -> None:
 def test_cli_bad_input_exits_2_writing_nothing(arch: str, tmp_path: Path, args: list[str],
                                               needle: str) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["defend", "certify", "--model",
-                                      f"torch:{arch}:brightness", "--out", str(out), *args])
+    result = CliRunner().invoke(cli, ["defend", "certify", "--model", f"torch:{arch}:sized",
+                                      "--out", str(out), *args])
     assert result.exit_code == 2, result.output
     assert needle in result.output and not out.exists()
 

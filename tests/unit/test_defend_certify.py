@@ -230,3 +230,36 @@ def test_cli_certify_then_compare(arch: str, images: str, tmp_path: Path) -> Non
     rows = json.loads(result.output)
     assert [r["run"] for r in rows] == ["right", "brightness"]
     assert (tmp_path / "c.png").is_file()
+
+
+def test_resume_after_sigkill_gives_the_same_certificates(arch: str, images: str,
+                                                          tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec, s = f"torch:{arch}:brightness", settings(n=3000, batch=100)
+    out = tmp_path / "killed"
+    code = (f"from bbzo.defenses.certify import certify_run\n"
+            f"from bbzo.defenses.smoothing import SmoothingSettings\n"
+            f"certify_run({spec!r}, out={str(out)!r}, data={images!r}, seed=8, "
+            f"settings=SmoothingSettings(**{s.to_dict()!r}))\n")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            done = out / "certify.jsonl"
+            if done.is_file() and done.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the run ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    summary = certify_run(spec, out=out, data=images, settings=s, seed=8, resume=True)
+    certify_run(spec, out=tmp_path / "whole", data=images, settings=s, seed=8)
+    assert summary["complete"] and records(out) == records(tmp_path / "whole")

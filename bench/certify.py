@@ -7,6 +7,8 @@ its forwards as a fraction of this machine's fp32 GEMM rate (measured in the sam
 
 - ``bbzo``: ``SmoothedClassifier.certify`` through the query layer (dense requests, ledger on
   disk) on a local ``TorchClassifier``;
+- ``http``: the same through ``HTTPClassifier`` against ``bbzo serve-classifier`` on
+  127.0.0.1, with the ratio of its throughput to the server's own classification rate;
 - ``loop``: Cohen's code's shape: batches of 1,000 repeated images + ``randn_like`` noise under
   ``no_grad``, counts by argmax;
 - ``art``: ``PyTorchRandomizedSmoothing.certify`` (``adversarial-robustness-toolbox``, optional)
@@ -92,6 +94,28 @@ def run_bbzo(n: int, images: int, batch: int) -> dict:
         return {"seconds": time.perf_counter() - start}
 
 
+def run_http(n: int, images: int, batch: int) -> dict:
+    """bbzo's certify of the same classifier served over HTTP on 127.0.0.1; also the server's
+    own classification rate (inputs per second of model time)."""
+    from bbzo.blackbox.query.layer import QueryLayer
+    from bbzo.blackbox.serve.classifier import start_classifier_server
+    from bbzo.blackbox.targets.classifier import HTTPClassifier, TorchClassifier
+    from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
+
+    model, x = model_and_images(images)
+    local = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch)
+    with start_classifier_server(local) as server:
+        remote = HTTPClassifier(server.url, max_batch=batch, timeout=120)
+        smoothed = SmoothedClassifier(QueryLayer(remote),
+                                      SmoothingSettings(n0=100, n=n, batch=batch))
+        start = time.perf_counter()
+        for i in range(images):
+            smoothed.certify(x[i], i)
+        seconds = time.perf_counter() - start
+        stats = server.stats()
+    return {"seconds": seconds, "server_samples_per_s": stats["inputs"] / stats["model_seconds"]}
+
+
 def run_loop(n: int, images: int, batch: int) -> dict:
     model, x = model_and_images(images)
     start = time.perf_counter()
@@ -121,7 +145,7 @@ def run_art(n: int, images: int, batch: int) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-RUNNERS = {"bbzo": run_bbzo, "loop": run_loop, "art": run_art}
+RUNNERS = {"bbzo": run_bbzo, "http": run_http, "loop": run_loop, "art": run_art}
 
 
 def child(method: str, n: int, images: int, batch: int) -> None:
@@ -168,6 +192,7 @@ def main() -> None:
     except ImportError:
         have_art = False
     results = {"bbzo": measure("bbzo", n, images, args.batch),
+               "bbzo over HTTP": measure("http", n, images, args.batch),
                "loop": measure("loop", n, images, 1000)}
     if have_art:
         results["art (default batch 32)"] = measure("art", n, images, 32)
@@ -180,7 +205,9 @@ def main() -> None:
               "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
               "art": "measured" if have_art else "not installed (pip install "
                      "adversarial-robustness-toolbox statsmodels)", "results": results,
-              "bbzo_vs_loop": results["bbzo"].get("samples_per_s", 0) / loop if loop else None}
+              "bbzo_vs_loop": results["bbzo"].get("samples_per_s", 0) / loop if loop else None,
+              "http_vs_server": results["bbzo over HTTP"].get("samples_per_s", 0)
+              / results["bbzo over HTTP"].get("server_samples_per_s", float("inf"))}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "certify.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

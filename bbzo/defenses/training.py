@@ -317,9 +317,8 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
     defense = _make_defense(dataset, settings, blackbox, seed)
     train_x = dataset.train.x[:settings.train_limit]
     opt = _optimizer(defense, settings)
-    history = run.read_jsonl("history.jsonl")
     state = None
-    if run.file("checkpoint.pt").is_file() and history:
+    if run.file("checkpoint.pt").is_file():
         state = torch.load(run.file("checkpoint.pt"), weights_only=False)
     if state is None:
         # Pre-training is local (no query): it uses every training image.
@@ -339,8 +338,12 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
         if defense.autoencoder is not None:
             defense.autoencoder.load_state_dict(state["autoencoder"])
         opt.load_state_dict(state["optimizer"])
-        best, queries, start = state["best"], state["queries"], len(history)
-        history = history[:start]
+        # The checkpoint is the truth: it holds the history up to its epoch; an epoch record
+        # lost by a crash between the checkpoint and history.jsonl is written again.
+        best, queries, history = state["best"], state["queries"], state["history"]
+        start = len(history)
+        for record in history[len(run.read_jsonl("history.jsonl")):]:
+            run.append_jsonl("history.jsonl", record)
     dim = settings.latent if settings.uses_ae else int(np.prod(dataset.shape))
     per_image = queries_per_image(settings, dim)
     curve = [(h["queries"], h["loss"]) for h in history]
@@ -363,7 +366,8 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
             torch.save({"denoiser": defense.denoiser.state_dict(),
                         "autoencoder": None if defense.autoencoder is None
                         else defense.autoencoder.state_dict(),
-                        "optimizer": opt.state_dict(), "best": best, "queries": queries}, tmp)
+                        "optimizer": opt.state_dict(), "best": best, "queries": queries,
+                        "history": [*history, record]}, tmp)
         run.append_jsonl("history.jsonl", record)
         history.append(record)
         if progress is not None:

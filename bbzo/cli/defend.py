@@ -90,6 +90,9 @@ def train_classifier_command(data: str, epochs: int, out: Path, seed: int,
 @click.option("--train-limit", type=int, default=None,
               help="Train on the first N training images only.")
 @click.option("--val-limit", type=int, default=200, show_default=True)
+@click.option("--autoencoder", default=None,
+              help="Start from this pre-trained autoencoder (pretrained_autoencoder.pt of an "
+                   "earlier AE run, or its folder) instead of pre-training one.")
 @run_options
 def train_command(blackbox: str, data: str, out: Path | None, seed: int, resume: bool,
                   json_output: bool, **options: Any) -> None:

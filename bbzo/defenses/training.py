@@ -44,6 +44,7 @@ from bbzo.runs.settings import check_fields
 
 Progress = Callable[[str, int, int], None]
 ESTIMATORS = ("rge", "cge")
+PRETRAINED_AE = "pretrained_autoencoder.pt"
 
 
 def _batches(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -119,6 +120,8 @@ class TrainSettings:
         train_limit: train D (+ E) on the first this many training images (None: all);
             local pre-training always uses all of them.
         val_limit: validation images scored after each epoch for model selection.
+        autoencoder: a pre-trained autoencoder to start from instead of pre-training one
+            (the ``pretrained_autoencoder.pt`` an AE run writes, or its folder).
     """
 
     method: str = "zo-ae-ds"
@@ -137,6 +140,7 @@ class TrainSettings:
     denoiser_epochs: int = 1
     train_limit: int | None = None
     val_limit: int = 200
+    autoencoder: str | None = None
 
     def __post_init__(self) -> None:
         def one_of(name: str, options: tuple[str, ...]) -> Callable[[], None]:
@@ -282,6 +286,17 @@ def train_defense(blackbox: str, *, out: str | Path, data: str = "mnist5k",
         return _train(run, layer, local, dataset, settings, blackbox, seed, progress)
 
 
+def _load_autoencoder(ae: nn.Module, path: str) -> None:
+    """Load a pre-trained autoencoder (a run's ``pretrained_autoencoder.pt``, or its folder)."""
+    file = Path(path) / PRETRAINED_AE if Path(path).is_dir() else Path(path)
+    try:
+        ae.load_state_dict(torch.load(file, weights_only=True))
+    except (OSError, RuntimeError) as err:
+        raise InputError(f"cannot load a pre-trained autoencoder from {file} "
+                         f"({' '.join(str(err).split())[:200]}); give the "
+                         f"{PRETRAINED_AE} of a run with the same --latent") from None
+
+
 def _make_defense(dataset: Dataset, settings: TrainSettings, blackbox: str, seed: int
                   ) -> Defense:
     torch.manual_seed(seed)
@@ -322,9 +337,13 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
         state = torch.load(run.file("checkpoint.pt"), weights_only=False)
     if state is None:
         # Pre-training is local (no query): it uses every training image.
-        if defense.autoencoder is not None:
+        if defense.autoencoder is not None and settings.autoencoder is not None:
+            _load_autoencoder(defense.autoencoder, settings.autoencoder)
+        elif defense.autoencoder is not None:
             _pretrain(defense.autoencoder, dataset.train.x, settings.ae_epochs, noise=0.0,
                       seed=seed, batch=settings.batch, lr=settings.lr)
+            with run.atomic(PRETRAINED_AE) as tmp:
+                torch.save(defense.autoencoder.state_dict(), tmp)
         _pretrain(defense.denoiser, dataset.train.x, settings.denoiser_epochs,
                   noise=settings.sigma,
                   seed=seed + 1, batch=settings.batch, lr=settings.lr)

@@ -45,7 +45,9 @@ def test_queries_per_image_per_step() -> None:
 
 def test_zo_training_sends_exactly_the_stated_queries(classifier: str, tmp_path: Path) -> None:
     for estimator, dim_queries in (("rge", 3 + 1), ("cge", 4 + 1)):
-        s = TrainSettings(method="zo-ae-ds", estimator=estimator, **{**TINY, "epochs": 1})
+        reuse = str(tmp_path / "rge") if estimator == "cge" else None
+        s = TrainSettings(method="zo-ae-ds", estimator=estimator, autoencoder=reuse,
+                          **{**TINY, "epochs": 1})
         summary = train_defense(classifier, out=tmp_path / estimator, data="digits",
                                 settings=s, seed=0)
         # 32 images: one clean-label query each + (q + 1) or (d + 1) per image per step
@@ -53,6 +55,13 @@ def test_zo_training_sends_exactly_the_stated_queries(classifier: str, tmp_path:
         assert summary["training_queries"] == 32 * (1 + dim_queries)
         # + the validation draws: before training and after the epoch
         assert summary["total_queries"] == summary["training_queries"] + 2 * 16
+    # the CGE run started from the RGE run's pre-trained autoencoder; its decoder stayed frozen
+    pretrained = torch.load(tmp_path / "rge" / "pretrained_autoencoder.pt", weights_only=True)
+    trained = torch.load(tmp_path / "cge" / "autoencoder.pt", weights_only=True)
+    decoder = [k for k in pretrained if k.startswith("decoder")]
+    assert decoder and all(torch.equal(pretrained[k], trained[k]) for k in decoder)
+    assert not all(torch.equal(pretrained[k], trained[k]) for k in pretrained
+                   if k.startswith("encoder"))
 
 
 def test_stability_loss_scores_each_probe_against_its_rows_label(classifier: str) -> None:

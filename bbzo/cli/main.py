@@ -17,6 +17,7 @@ import click
 from bbzo import __version__
 from bbzo.cli.attack import attack
 from bbzo.cli.console import error_line
+from bbzo.cli.defend import defend, serve_classifier_command
 from bbzo.cli.demo import demo
 from bbzo.cli.info import info
 from bbzo.cli.ledger import ledger
@@ -96,6 +97,8 @@ cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(ledger)
 cli.add_command(serve_command)
+cli.add_command(defend)
+cli.add_command(serve_classifier_command)
 cli.add_command(synth)
 cli.add_command(unlearn)
 

@@ -1,0 +1,192 @@
+"""Randomized smoothing of a black-box classifier (Cohen et al. 2019): PREDICT and CERTIFY.
+
+The smoothed classifier g(x) = argmax_c P(f(pre(x + δ)) = c), δ ~ N(0, σ²I), where f is a
+classifier reached only through a ``QueryLayer`` (every noisy input is one dense ``classify``
+request: counted, budgeted, ledgered) and ``pre`` an optional local, white-box stage (a
+denoiser, an encoder + decoder) applied before the query.
+
+Noise is drawn in fixed blocks of ``NOISE_BLOCK`` samples, each from its own generator seeded
+by (seed, image index, phase, block), and classified in batches of ``batch`` (never n copies in
+memory): the counts, hence the certificate, do not depend on the batch size, on the order of
+the images, or on a resume (a resumed image sends the same requests, answered by the ledger).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.stats import beta, binomtest, norm
+
+from bbzo.blackbox.protocol import Request
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.errors import InputError, TargetError
+from bbzo.runs.settings import check_fields
+
+NOISE_BLOCK = 500
+SELECT, ESTIMATE = 0, 1  # noise phases: CERTIFY's selection draws (n0), estimation draws (n)
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+
+
+def _count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """How the smoothed classifier is sampled.
+
+    Attributes:
+        sigma: standard deviation of the Gaussian noise (image units, [0, 1] pixels).
+        n0: selection samples of CERTIFY (the guess of the top class).
+        n: estimation samples (CERTIFY) or samples (PREDICT).
+        alpha: failure probability of the certificate / of PREDICT's test, in (0, 1).
+        batch: noisy inputs classified per query-layer submit.
+    """
+
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 10_000
+    alpha: float = 0.001
+    batch: int = 1000
+
+    def __post_init__(self) -> None:
+        def alpha() -> None:
+            if not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+                raise InputError(f"alpha must be in (0, 1), got {self.alpha!r}")
+
+        def n0() -> None:
+            _count("n0", self.n0)
+            if isinstance(self.n, int) and self.n0 > self.n:
+                raise InputError(f"n0 must be at most n ({self.n}), got {self.n0}; lower --n0 "
+                                 f"or raise --n")
+
+        check_fields([("sigma", lambda: _positive("sigma", self.sigma)),
+                      ("n", lambda: _count("n", self.n)), ("n0", n0), ("alpha", alpha),
+                      ("batch", lambda: _count("batch", self.batch))])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 − alpha) Clopper–Pearson lower bound on p from k successes in n trials."""
+    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+
+
+def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius CERTIFY can give with n samples: all correct, p̲ = alpha^(1/n)."""
+    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def noise(seed: int, index: int, phase: int, start: int, stop: int, shape: tuple[int, ...],
+          sigma: float) -> np.ndarray:
+    """Noise samples ``start..stop`` (float32, (stop − start, *shape)) of image ``index``:
+    the same values whatever slices they are asked in."""
+    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+    blocks = []
+    for b in range(first, last + 1):
+        rng = np.random.default_rng([seed, index, phase, b])
+        blocks.append(rng.standard_normal((NOISE_BLOCK, *shape), dtype=np.float32))
+    offset = first * NOISE_BLOCK
+    out = np.concatenate(blocks)[start - offset:stop - offset]
+    out *= np.float32(sigma)
+    return out
+
+
+@dataclass
+class Certificate:
+    """CERTIFY's answer for one image: ``prediction`` None when it abstains (radius 0)."""
+
+    prediction: int | None
+    radius: float
+    top_count: int
+    queries: int
+
+
+class SmoothedClassifier:
+    """g = smoothed(f ∘ pre) over a query layer (module doc).
+
+    Args:
+        layer: the query layer of the black-box classifier f.
+        settings: ``SmoothingSettings``.
+        preprocess: local stage applied to noisy inputs (n, C, H, W) → (n, C', H', W')
+            before the query; None sends the noisy inputs themselves.
+        seed: seeds the noise (with the image index).
+    """
+
+    def __init__(self, layer: QueryLayer, settings: SmoothingSettings, *,
+                 preprocess: Preprocess | None = None, seed: int = 0) -> None:
+        if not isinstance(layer, QueryLayer):
+            raise InputError(f"layer must be a QueryLayer, got {type(layer).__name__}")
+        self.layer = layer
+        self.settings = settings
+        self.preprocess = preprocess
+        self.seed = int(seed)
+
+    def classify(self, inputs: np.ndarray) -> np.ndarray:
+        """Top classes (n,) of the black box for inputs (n, C, H, W), one dense request each."""
+        if self.preprocess is not None:
+            with torch.no_grad():
+                inputs = self.preprocess(torch.from_numpy(inputs)).numpy()
+        requests = Request.dense_batch("classify", "inputs", inputs[:, None])
+        responses = self.layer.submit(requests, all_or_nothing=True)
+        try:
+            probs = np.concatenate([np.asarray(r.output["probs"], dtype=np.float64)
+                                    for r in responses])
+        except (KeyError, TypeError, ValueError):
+            raise TargetError(f"{self.layer.target.id} answered without a 'probs' table; "
+                              f"smoothing needs a classifier returning class probabilities") \
+                from None
+        if probs.ndim != 2 or len(probs) != len(requests):
+            raise TargetError(f"{self.layer.target.id} answered probabilities of shape "
+                              f"{probs.shape} for {len(requests)} inputs")
+        return probs.argmax(axis=1)
+
+    def counts(self, x: np.ndarray, index: int, phase: int, num: int) -> np.ndarray:
+        """Class counts of the black box over ``num`` noisy copies of x (C, H, W)."""
+        tally: dict[int, int] = {}
+        x = np.asarray(x, dtype=np.float32)
+        for start in range(0, num, self.settings.batch):
+            stop = min(num, start + self.settings.batch)
+            inputs = noise(self.seed, index, phase, start, stop, x.shape, self.settings.sigma)
+            inputs += x
+            for c, k in zip(*np.unique(self.classify(inputs), return_counts=True), strict=True):
+                tally[int(c)] = tally.get(int(c), 0) + int(k)
+        out = np.zeros(max(tally) + 1, dtype=np.int64)
+        for c, k in tally.items():
+            out[c] = k
+        return out
+
+    def certify(self, x: np.ndarray, index: int) -> Certificate:
+        """Cohen's CERTIFY: guess ĉ from n0 draws, bound P(ĉ) from n more; radius
+        σ·Φ⁻¹(p̲) when p̲ > 1/2, else abstain."""
+        s = self.settings
+        guess = int(self.counts(x, index, SELECT, s.n0).argmax())
+        counts = self.counts(x, index, ESTIMATE, s.n)
+        top = int(counts[guess]) if guess < len(counts) else 0
+        p_low = lower_confidence_bound(top, s.n, s.alpha)
+        if p_low <= 0.5:
+            return Certificate(None, 0.0, top, s.n0 + s.n)
+        return Certificate(guess, float(s.sigma * norm.ppf(p_low)), top, s.n0 + s.n)
+
+    def predict(self, x: np.ndarray, index: int) -> Certificate:
+        """Cohen's PREDICT: the top class of n draws unless a two-sided binomial test between
+        the top two counts is not significant at alpha (abstain); radius is 0."""
+        counts = self.counts(x, index, ESTIMATE, self.settings.n)
+        order = np.argsort(-counts, kind="stable")
+        top = int(counts[order[0]])
+        second = int(counts[order[1]]) if len(order) > 1 else 0
+        if binomtest(top, top + second, 0.5).pvalue > self.settings.alpha:
+            return Certificate(None, 0.0, top, self.settings.n)
+        return Certificate(int(order[0]), 0.0, top, self.settings.n)

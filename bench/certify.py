@@ -1,0 +1,217 @@
+"""Certification benchmark: bbzo's certify against a straightforward loop (and IBM ART when it
+is installed), side by side in one run on the same classifier and images.
+
+For each method: noise samples classified per second, seconds per image, peak resident memory
+(each method runs in a fresh subprocess, so ``ru_maxrss`` is its own), and the FLOP rate of
+its forwards as a fraction of this machine's fp32 GEMM rate (measured in the same run).
+
+- ``bbzo``: ``SmoothedClassifier.certify`` through the query layer (dense requests, ledger on
+  disk) on a local ``TorchClassifier``;
+- ``http``: the same through ``HTTPClassifier`` against ``bbzo serve-classifier`` on
+  127.0.0.1, with the ratio of its throughput to the server's own classification rate;
+- ``loop``: Cohen's code's shape: batches of 1,000 repeated images + ``randn_like`` noise under
+  ``no_grad``, counts by argmax;
+- ``art``: ``PyTorchRandomizedSmoothing.certify`` (``adversarial-robustness-toolbox``, optional)
+  at its default batch size and at ours.
+
+    python bench/certify.py [--quick] [--n 10000] [--images 3] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bbzo.defenses.models import small_cnn
+
+WIDTH = 24  # small_cnn(width=24): about 4.4 MFLOP per 1×28×28 image
+
+
+def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> float:
+    """Multiply-adds × 2 of the model's conv and linear layers for one input."""
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+            total += 2 * k * output[0].numel() // module.groups
+        elif isinstance(module, nn.Linear):
+            total += 2 * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return float(total)
+
+
+def gemm_rate(size: int = 1024, reps: int = 5) -> float:
+    """fp32 matrix-multiply FLOP/s of this machine (best of ``reps``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def model_and_images(images: int) -> tuple[nn.Module, np.ndarray]:
+    torch.manual_seed(0)
+    model = small_cnn(1, 28, 10, WIDTH).eval()
+    x = np.random.default_rng(0).random((images, 1, 28, 28), dtype=np.float32)
+    return model, x
+
+
+def run_bbzo(n: int, images: int, batch: int) -> dict:
+    from bbzo.blackbox.query.layer import QueryLayer
+    from bbzo.blackbox.query.ledger import Ledger
+    from bbzo.blackbox.targets.classifier import TorchClassifier
+    from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
+
+    model, x = model_and_images(images)
+    target = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch)
+    with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.sqlite") as ledger:
+        smoothed = SmoothedClassifier(QueryLayer(target, ledger=ledger),
+                                      SmoothingSettings(n0=100, n=n, batch=batch))
+        start = time.perf_counter()
+        for i in range(images):
+            smoothed.certify(x[i], i)
+        return {"seconds": time.perf_counter() - start}
+
+
+def run_http(n: int, images: int, batch: int) -> dict:
+    """bbzo's certify of the same classifier served over HTTP on 127.0.0.1; also the server's
+    own classification rate (inputs per second of model time)."""
+    from bbzo.blackbox.query.layer import QueryLayer
+    from bbzo.blackbox.serve.classifier import start_classifier_server
+    from bbzo.blackbox.targets.classifier import HTTPClassifier, TorchClassifier
+    from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
+
+    model, x = model_and_images(images)
+    local = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch)
+    with start_classifier_server(local) as server:
+        remote = HTTPClassifier(server.url, max_batch=batch, timeout=120)
+        smoothed = SmoothedClassifier(QueryLayer(remote),
+                                      SmoothingSettings(n0=100, n=n, batch=batch))
+        start = time.perf_counter()
+        for i in range(images):
+            smoothed.certify(x[i], i)
+        seconds = time.perf_counter() - start
+        stats = server.stats()
+    return {"seconds": seconds, "server_samples_per_s": stats["inputs"] / stats["model_seconds"]}
+
+
+def run_loop(n: int, images: int, batch: int) -> dict:
+    model, x = model_and_images(images)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(images):
+            for num in (100, n):
+                counts = np.zeros(10, dtype=np.int64)
+                left = num
+                while left > 0:
+                    size = min(batch, left)
+                    rep = torch.from_numpy(x[i]).repeat(size, 1, 1, 1)
+                    noisy = rep + torch.randn_like(rep) * 0.25
+                    counts += np.bincount(model(noisy).argmax(1).numpy(), minlength=10)
+                    left -= size
+    return {"seconds": time.perf_counter() - start}
+
+
+def run_art(n: int, images: int, batch: int) -> dict:
+    from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+
+    model, x = model_and_images(images)
+    art = PyTorchRandomizedSmoothing(model=model, loss=nn.CrossEntropyLoss(),
+                                     input_shape=(1, 28, 28), nb_classes=10, sample_size=n,
+                                     scale=0.25, alpha=0.001, device_type="cpu")
+    start = time.perf_counter()
+    art.certify(x, n=n, batch_size=batch)
+    return {"seconds": time.perf_counter() - start}
+
+
+RUNNERS = {"bbzo": run_bbzo, "http": run_http, "loop": run_loop, "art": run_art}
+
+
+def child(method: str, n: int, images: int, batch: int) -> None:
+    """Run one method and print its JSON result (peak RSS included) on stdout."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = RUNNERS[method](n, images, batch)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_before_mb"] = before / 1024
+    print(json.dumps(result))
+
+
+def measure(method: str, n: int, images: int, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--n", str(n), "--images", str(images),
+           "--batch", str(batch)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    samples = images * (100 + n)
+    result.update({"samples_per_s": samples / result["seconds"],
+                   "seconds_per_image": result["seconds"] / images, "batch": batch})
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n = 1,000 on 2 images")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--child", choices=sorted(RUNNERS), default=None)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.n, args.images, args.batch)
+        return
+    n, images = (1000, 2) if args.quick else (args.n, args.images)
+    model, _ = model_and_images(1)
+    flops = flops_per_image(model, (1, 28, 28))
+    gemm = gemm_rate()
+    try:
+        import art  # noqa: F401
+        have_art = True
+    except ImportError:
+        have_art = False
+    results = {"bbzo": measure("bbzo", n, images, args.batch),
+               "bbzo over HTTP": measure("http", n, images, args.batch),
+               "loop": measure("loop", n, images, 1000)}
+    if have_art:
+        results["art (default batch 32)"] = measure("art", n, images, 32)
+        results[f"art (batch {args.batch})"] = measure("art", n, images, args.batch)
+    for r in results.values():
+        if "samples_per_s" in r:
+            r["gemm_fraction"] = r["samples_per_s"] * flops / gemm
+    loop = results["loop"].get("samples_per_s")
+    report = {"n": n, "images": images, "flops_per_image": flops, "gemm_flops_per_s": gemm,
+              "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "art": "measured" if have_art else "not installed (pip install "
+                     "adversarial-robustness-toolbox statsmodels)", "results": results,
+              "bbzo_vs_loop": results["bbzo"].get("samples_per_s", 0) / loop if loop else None,
+              "http_vs_server": results["bbzo over HTTP"].get("samples_per_s", 0)
+              / results["bbzo over HTTP"].get("server_samples_per_s", float("inf"))}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "certify.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

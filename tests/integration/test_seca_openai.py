@@ -89,7 +89,8 @@ def setup(tmp_path_factory):
     path.write_text("\n".join(lines) + "\n")
     local = SecaConfig(questions=str(path), target=f"hf:{target_dir}", proposer=f"hf:{lm}",
                        reference=f"hf:{lm}", embedder=f"embed:{embedder}", objective="letter",
-                       iterations=2, similarity=0.05, coherence_ratio=1e6, device="cpu")
+                       iterations=2, similarity=0.05, coherence_ratio=1e6, device="cpu",
+                       proposer_mode="llm", lexical=False)  # the LLM-only search this pins
     return local, target_dir
 
 
@@ -177,7 +178,7 @@ def seca_args(config: SecaConfig, url: str, out: Path) -> list[str]:
             "--embedder", config.embedder, "--objective", "letter",
             "--iterations", str(config.iterations), "--similarity", str(config.similarity),
             "--coherence-ratio", str(config.coherence_ratio), "--device", "cpu",
-            "--out", str(out), "--json"]
+            "--proposer-mode", config.proposer_mode, "--no-lexical", "--out", str(out), "--json"]
 
 
 def answered(stats: dict) -> dict[str, int]:

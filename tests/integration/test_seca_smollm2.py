@@ -32,7 +32,9 @@ def test_seca_defaults_on_smollm2(tmp_path):
     assert 0 < record["p_correct_before"] < 1
     if record["eligible"]:
         assert record["steps"] == 2 or record["stopped_early"]
-        assert record["queries"]["proposer"]["requests"] == 9 * record["steps"]
+        # The default proposer for a local model is the hybrid: of each parent's M = 3
+        # candidates, M // 2 = 1 comes from the LLM (one request each), the rest from rules.
+        assert record["queries"]["proposer"]["requests"] == 3 * (3 // 2) * record["steps"]
         assert record["proposer_parse"]["proposals"] == 9 * record["steps"]
         # The completion-format prompt gets real rewrites from SmolLM2, not just garbage.
         assert record["proposer_parse"]["failed"] < record["proposer_parse"]["proposals"]

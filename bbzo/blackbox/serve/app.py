@@ -404,6 +404,20 @@ def _run_loop(server: uvicorn.Server, sock: socket.socket, app: _App) -> None:
         sock.close()
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` and listening (port 0: a free one); InputError
+    naming the address when it cannot be had. Every bbzo server binds through this."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
 def start_server(target: Target, *, host: str = DEFAULT_HOST, port: int = 0,
                  api_key: str | None = None, model_name: str | None = None,
                  faults: Faults | None = None, logprobs: bool = True,
@@ -443,14 +457,7 @@ def start_server(target: Target, *, host: str = DEFAULT_HOST, port: int = 0,
     if model_name is not None and not (isinstance(model_name, str) and model_name.strip()):
         raise InputError(f"model_name must be a non-empty string or None, got {model_name!r}")
     fixed = Deadlines(1.0, 1, request_timeout)  # checks request_timeout before any work
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as err:
-        sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock = listening_socket(host, port)
     try:
         app = _App(target, served_names(target, spec, model_name), api_key, faults, logprobs,
                    max_body_bytes, seed, max_queue,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -23,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bbzo.blackbox.protocol import Request
-from bbzo.blackbox.serve.app import DEFAULT_HOST
+from bbzo.blackbox.serve.app import DEFAULT_HOST, listening_socket
 from bbzo.blackbox.targets.base import Target
 from bbzo.errors import BbzoError, InputError
 
@@ -113,14 +112,7 @@ def start_classifier_server(target: Target, *, host: str = DEFAULT_HOST, port: i
     if target.remote or "classify" not in target.capabilities:
         raise InputError(f"target {target.id} cannot be served as a classifier: give a "
                          f"classifier folder or torch:<file.py>:<factory>")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as err:
-        sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock = listening_socket(host, port)
     app = _ClassifierApp(target, max_body_bytes)
     config = uvicorn.Config(app.asgi, log_config=None, access_log=False, lifespan="off",
                             server_header=False, http="h11")

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import bbzo
 from bbzo.attacks.seca.questions import Question
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.zo import minimize
 from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.unlearn.corruptions import Corruption
@@ -99,7 +99,7 @@ def search_strength(objective: LogObjective, dims: int = 1, *, start: float = 0.
     int_at_least("dims", dims)
     int_at_least("evaluations", evaluations, 2 * q)
     recorder, began = _Recorder(objective, low, high), time.perf_counter()
-    bbzo.minimize(recorder, np.full(dims, float(start)), method="zo-sign-sgd", estimator="rge",
+    minimize(recorder, np.full(dims, float(start)), method="zo-sign-sgd", estimator="rge",
                   q=q, mu=mu, lr=lr, budget=evaluations, seed=seed)
     return recorder.result("zo", began)
 

@@ -10,14 +10,16 @@ common to a block's 20 questions and answers). So a wrong option reads like a fa
 right author and only knowledge of the facts tells them apart. The right option stands in for
 TOFU's paraphrased answer (see ``bbzo.unlearn.metrics``).
 
-Models: SmolLM2-135M does not fit: one epoch over the 600 pairs (~40k tokens, forward and
+Models: SmolLM2-135M does not fit: one epoch over the 600 pairs (~35k tokens, forward and
 backward through 135M parameters) takes about 10 minutes on 2 CPU cores, and TOFU fine-tunes for
-5 epochs, twice. So both models are a small Llama built from a config (4 layers, width 128,
-about 7M parameters, most of them SmolLM2's 49,152-token vocabulary embedding, tied with the
-output) with SmolLM2's tokenizer, trained from the same seeded initialisation on
-``Question: q\\nAnswer: a`` (loss on the answer tokens): the **full** model on forget + retain,
-the **retain** reference on retain only, ``--epochs`` each. ``--quick`` uses the tests' 300-token
-tokenizer, a width-32 model and ``--questions 40`` per file.
+5 epochs, twice. A small Llama with SmolLM2's tokenizer does not fit either: its 49,152-token
+output layer is most of the compute (17 s per batch of 16 on the shared machine at width 128).
+So both models are a small Llama built from a config (``--layers`` 2, ``--width`` 128, 4 heads,
+about 1M parameters) with a ``--vocab`` 4,096-token byte-level BPE trained in-process on the
+TOFU questions and answers (``tests/tiny.py``'s ``tiny_tokenizer``), trained from the same
+seeded initialisation on ``Question: q\\nAnswer: a<eos>`` (loss on the answer tokens, AdamW,
+linear decay): the **full** model on forget + retain, the **retain** reference on retain only,
+``--epochs`` each. ``--quick``: vocabulary 512, width 32, 40 questions per file, 3 epochs.
 
 Then, all evaluated on the held-out halves that ``fit_guard`` leaves out (seeded):
 
@@ -54,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +67,6 @@ from tiny import tiny_tokenizer  # noqa: E402
 from bbzo.attacks.seca.objective import OPTION_PROMPT  # noqa: E402
 from bbzo.attacks.seca.questions import Question, load_questions  # noqa: E402
 from bbzo.blackbox.query.layer import QueryLayer  # noqa: E402
-from bbzo.blackbox.targets import models  # noqa: E402
 from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
 from bbzo.unlearn.corruptions import Corruption  # noqa: E402
 from bbzo.unlearn.evaluate import score  # noqa: E402
@@ -223,13 +224,17 @@ def main() -> None:
     parser.add_argument("--ga-steps", type=int, default=10)
     parser.add_argument("--ga-lr", type=float, default=2e-4)
     parser.add_argument("--evaluations", type=int, default=8, help="ECO strength search")
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep models and runs here")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     n = args.questions or (2 * BLOCK if args.quick else None)
     epochs = args.epochs or (3 if args.quick else 10)
-    width, layers = (32, 2) if args.quick else (128, 4)
+    width, layers = args.width or (32 if args.quick else 128), args.layers
+    vocab = args.vocab or (512 if args.quick else 4096)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,9 +246,9 @@ def main() -> None:
             files[part] = write_jsonl(work / f"{part}.jsonl", multiple_choice(rows)[:n])
         forget = load_questions(files["forget"], seed=args.seed)
         retain = load_questions(files["retain"], seed=args.seed)
-        tok = (tiny_tokenizer() if args.quick else AutoTokenizer.from_pretrained(
-            models.resolve(models.DEFAULT_LM, models.CAUSAL_LM)[0]))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        tok = tiny_tokenizer(vocab, [f"{OPTION_PROMPT.format(question=q.question)} {c}"
+                                     for q in forget + retain for c in q.choices])
+        pad = tok.pad_token_id
         data = {"full": encode(tok, forget + retain), "retain": encode(tok, retain)}
         spec, timing, losses = {}, {}, {}
         for name, rows in data.items():

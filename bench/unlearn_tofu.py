@@ -38,7 +38,7 @@ ratio statistic on the held-out retain half: TOFU also averages in real-authors 
 sets, which a model trained from scratch cannot answer, so they are left out), forget and retain
 accuracy. Prints a table; writes JSON to ``bench/out/``.
 
-    nice -n 10 python bench/unlearn_tofu.py [--quick] [--epochs 10] [--ga-steps 10]
+    nice -n 10 python bench/unlearn_tofu.py [--quick] [--epochs 10] [--ga-steps 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -227,10 +227,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine 2 threads ran 9x "
+                             "slower per step than 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep models and runs here")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
     n = args.questions or (2 * BLOCK if args.quick else None)
     epochs = args.epochs or (3 if args.quick else 10)
     width, layers = args.width or (32 if args.quick else 128), args.layers
@@ -297,6 +301,7 @@ def main() -> None:
     result = {"quick": args.quick, "questions_per_file": len(forget),
               "heldout": {k: len(v) for k, v in held.items()}, "epochs": epochs,
               "model": {"width": width, "layers": layers, "vocab": len(tok),
+                        "threads": args.threads,
                         "parameters": sum(p.numel() for p in model.parameters())},
               "train_final_loss": {k: float(np.mean(v[-5:])) for k, v in losses.items()},
               "ga_loss": [ga_losses[0], ga_losses[-1]], "retain_forget_accuracy": ref_accuracy,

@@ -10,16 +10,17 @@ common to a block's 20 questions and answers). So a wrong option reads like a fa
 right author and only knowledge of the facts tells them apart. The right option stands in for
 TOFU's paraphrased answer (see ``bbzo.unlearn.metrics``).
 
-Models: SmolLM2-135M does not fit: one epoch over the 600 pairs (~35k tokens, forward and
-backward through 135M parameters) takes about 10 minutes on 2 CPU cores, and TOFU fine-tunes for
-5 epochs, twice. A small Llama with SmolLM2's tokenizer does not fit either: its 49,152-token
-output layer is most of the compute (17 s per batch of 16 on the shared machine at width 128).
-So both models are a small Llama built from a config (``--layers`` 2, ``--width`` 128, 4 heads,
-about 1M parameters) with a ``--vocab`` 4,096-token byte-level BPE trained in-process on the
-TOFU questions and answers (``tests/tiny.py``'s ``tiny_tokenizer``), trained from the same
-seeded initialisation on ``Question: q\\nAnswer: a<eos>`` (loss on the answer tokens, AdamW,
-linear decay): the **full** model on forget + retain, the **retain** reference on retain only,
-``--epochs`` each. ``--quick``: vocabulary 512, width 32, 40 questions per file, 3 epochs.
+Models: SmolLM2-135M does not fit: one AdamW step on a batch of 16 pairs took 101 s (one
+thread, load average 22 from other work), about an hour per epoch of the 600 pairs, and TOFU
+fine-tunes for 5 epochs, twice. A small Llama with SmolLM2's tokenizer is slow too: its
+49,152-token output layer makes a step 4.5 s at width 128, 2 layers, against about 1 s with the
+4,096-token vocabulary below (similar load). So both models are a small Llama built from a
+config (``--layers`` 2, ``--width`` 128, 4 heads, about 1M parameters) with a ``--vocab``
+4,096-token byte-level BPE trained in-process on the TOFU questions and answers
+(``tests/tiny.py``'s ``tiny_tokenizer``), trained from the same seeded initialisation on
+``Question: q\\nAnswer: a<eos>`` (loss on the answer tokens, AdamW, linear decay): the **full**
+model on forget + retain, the **retain** reference on retain only, ``--epochs`` each.
+``--quick``: vocabulary 512, width 32, 40 questions per file, 3 epochs.
 
 Then, all evaluated on the held-out halves that ``fit_guard`` leaves out (seeded):
 

@@ -26,14 +26,14 @@ CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in-process on ``CORPUS``, with EOS/pad and a chat template."""
+def tiny_tokenizer(vocab_size: int = 300, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in-process on ``corpus``, with EOS/pad and a chat template."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    bpe.train_from_iterator(corpus * 4, trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS)
     tok.chat_template = CHAT_TEMPLATE
     return tok

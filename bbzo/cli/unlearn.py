@@ -17,7 +17,14 @@ from bbzo.cli.console import note, print_json
 from bbzo.errors import InputError
 from bbzo.unlearn.corruptions import NAMES, Corruption
 from bbzo.unlearn.guard import GUARD_MODES
-from bbzo.unlearn.run import evaluate_guard, fit_guard, guarded_target, load_artifact
+from bbzo.unlearn.metrics import MAX_TOKENS
+from bbzo.unlearn.run import (
+    METRIC_SETS,
+    evaluate_guard,
+    fit_guard,
+    guarded_target,
+    load_artifact,
+)
 from bbzo.unlearn.tokens import MODES
 
 QUESTION_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -111,13 +118,26 @@ def fit_command(model: str, forget: Path, retain: Path, classifier: str, corrupt
 @click.option("--mode", type=click.Choice(GUARD_MODES), default=None,
               help="Override the guard's mode (none = the model unguarded).")
 @click.option("--model", default=None, help="The model [default: the artifact's].")
+@click.option("--metrics", type=click.Choice(METRIC_SETS), default="accuracy",
+              show_default=True,
+              help="tofu adds truth ratio, ROUGE-L (greedy generations), model utility and, "
+                   "with --reference, forget quality (KS test).")
+@click.option("--reference", default=None,
+              help="The retain reference model (never trained on the forget set) for forget "
+                   "quality (hf:<alias-or-folder>).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=MAX_TOKENS, show_default=True,
+              help="Length of the greedy generations scored by ROUGE-L.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def eval_command(artifact: Path, forget: Path, retain: Path, utility: Path | None,
-                 mode: str | None, model: str | None, out: Path, seed: int) -> None:
-    """Accuracy before/with the guard and classifier error rates; writes summary.json."""
+                 mode: str | None, model: str | None, metrics: str, reference: str | None,
+                 max_tokens: int, out: Path, seed: int) -> None:
+    """Accuracy before/with the guard and classifier error rates (and TOFU's metrics with
+    --metrics tofu); writes summary.json."""
     print_json(_usage(lambda: evaluate_guard(artifact, forget, retain, out, utility=utility,
-                                             mode=mode, model=model, seed=seed)))
+                                             mode=mode, model=model, metrics=metrics,
+                                             reference=reference, max_tokens=max_tokens,
+                                             seed=seed)))
 
 
 @unlearn.command("serve")

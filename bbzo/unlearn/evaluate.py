@@ -15,7 +15,7 @@ import numpy as np
 
 from bbzo.attacks.seca.objective import OPTION_PROMPT
 from bbzo.attacks.seca.questions import Question
-from bbzo.blackbox.protocol import Request
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.errors import TargetError
 
@@ -59,13 +59,19 @@ def score_many(layer: QueryLayer, questions: Sequence[Question],
     return [_read(questions, answers[i * n:(i + 1) * n]) for i in range(len(params))]
 
 
-def _read(questions: Sequence[Question], answers: Sequence) -> Scores:
+def option_logliks(question: Question, answer: Response) -> np.ndarray:
+    """The (k,) option log-likelihoods of ``answer`` to ``question``'s request, checked."""
+    ll = np.asarray(answer.output.get("loglik"), dtype=float)
+    if ll.shape != (len(question.choices),) or not np.isfinite(ll).all():
+        raise TargetError(f"target answered option_loglik with {ll.tolist()!r}; expected "
+                          f"{len(question.choices)} finite numbers")
+    return ll
+
+
+def _read(questions: Sequence[Question], answers: Sequence[Response]) -> Scores:
     correct, p = [], []
     for q, answer in zip(questions, answers, strict=True):
-        ll = np.asarray(answer.output.get("loglik"), dtype=float)
-        if ll.shape != (len(q.choices),) or not np.isfinite(ll).all():
-            raise TargetError(f"target answered option_loglik with {ll.tolist()!r}; expected "
-                              f"{len(q.choices)} finite numbers")
+        ll = option_logliks(q, answer)
         w = np.exp(ll - ll.max())
         p.append(w[q.answer] / w.sum())
         correct.append(int(ll.argmax()) == q.answer)

@@ -1,5 +1,6 @@
 """The two runs behind ``bbzo unlearn``: ``fit_guard`` (classifier, calibration, strength search:
-a guard artifact) and ``evaluate_guard`` (accuracy before/after, classifier error rates:
+a guard artifact) and ``evaluate_guard`` (accuracy before/after, classifier error rates, and
+with ``metrics="tofu"`` TOFU's forget quality, truth ratio, ROUGE-L and model utility:
 ``summary.json``). Every model call goes through one ``QueryLayer`` per run with the run's
 ledger (``ledger.sqlite``).
 
@@ -22,6 +23,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.spec import load_target
+from bbzo.checks import int_at_least
 from bbzo.errors import InputError
 from bbzo.runs.folder import RunFolder, check_run_folder
 from bbzo.unlearn.calibration import flag_rates
@@ -35,10 +37,12 @@ from bbzo.unlearn.guard import (
     GuardedLM,
     load_guard,
 )
+from bbzo.unlearn.metrics import MAX_TOKENS, qa_metrics, tofu_report
 from bbzo.unlearn.strength import HIGH, LOW, forget_distance, grid_strength, search_strength
 
 LEDGER = "ledger.sqlite"
 HELDOUT = {"forget": "heldout_forget.jsonl", "retain": "heldout_retain.jsonl"}
+METRIC_SETS = ("accuracy", "tofu")
 
 
 def load_sets(forget: str | Path, retain: str | Path, seed: int = 0
@@ -191,14 +195,29 @@ def guarded_target(artifact: str | Path, model: str | Target | None = None,
 def evaluate_guard(artifact: str | Path, forget: str | Path, retain: str | Path,
                    out: str | Path, *, utility: str | Path | None = None,
                    mode: str | None = None, model: str | Target | None = None,
-                   seed: int = 0) -> dict:
+                   metrics: str = "accuracy", reference: str | Target | None = None,
+                   max_tokens: int = MAX_TOKENS, seed: int = 0) -> dict:
     """Accuracy on ``forget`` / ``retain`` (/ ``utility``) before and with the guard, and the
     classifier's error rates (forget prompts are the positives; retain and utility prompts
-    the negatives). Writes ``summary.json`` into ``out`` and returns it."""
+    the negatives). Writes ``summary.json`` into ``out`` and returns it.
+
+    ``metrics="tofu"`` adds TOFU's figures (``bbzo.unlearn.metrics.tofu_report``, greedy
+    generations of up to ``max_tokens`` tokens) before and with the guard: per set
+    ``{set}_probability``, ``{set}_rouge_l``, ``{set}_truth_ratio``; ``model_utility`` over
+    retain (and utility); with ``reference`` (the retain model: a spec or a loaded target),
+    ``forget_quality``. Per-question truth ratios go to ``tofu.json``.
+    """
+    if metrics not in METRIC_SETS:
+        raise InputError(f"unknown metrics {metrics!r}; choose one of {', '.join(METRIC_SETS)}")
+    if reference is not None and metrics != "tofu":
+        raise InputError("a reference model is used only by --metrics tofu (forget quality); "
+                         "add --metrics tofu or drop the reference")
+    int_at_least("max_tokens", max_tokens, 1)
     check_run_folder(out)
     f_q, r_q = load_sets(forget, retain, seed)
     u_q = load_questions(utility, seed=seed) if utility is not None else None
     guarded = guarded_target(artifact, model, mode)
+    retain_model = None if reference is None else _target(reference)
     _, fit_options = load_artifact(artifact)
     fit_report = json.loads((Path(artifact) / "report.json").read_text(encoding="utf-8"))
     run = RunFolder(out)
@@ -228,7 +247,31 @@ def evaluate_guard(artifact: str | Path, forget: str | Path, retain: str | Path,
                         "zo_queries": search.get("model_requests", 0),
                         "zo_evaluations": search.get("evaluations", 0),
                         "eval_requests": before.stats.sent + after.stats.sent})
+        if metrics == "tofu":
+            ref_layer = None if retain_model is None else QueryLayer(retain_model,
+                                                                     ledger=ledger)
+            summary.update(_tofu(run, sets, before, after, ref_layer, max_tokens))
     finally:
         ledger.close()
     run.write_summary(summary)
     return summary
+
+
+def _tofu(run: RunFolder, sets: dict[str, list[Question]], before: QueryLayer,
+          after: QueryLayer, reference: QueryLayer | None, max_tokens: int) -> dict:
+    """TOFU figures before (``*_before``) and with the guard; per-question truth ratios to
+    ``tofu.json``."""
+    utility = [s for s in ("retain", "utility") if s in sets]
+    ratios = {}
+    if reference is not None:
+        ratios["reference"] = qa_metrics(reference, sets["forget"], generate=False).truth_ratio
+    figures = {}
+    for suffix, layer in (("_before", before), ("", after)):
+        found, per_set = tofu_report(layer, sets, utility=utility,
+                                     reference=ratios.get("reference"), max_tokens=max_tokens)
+        figures.update({f"{k}{suffix}": v for k, v in found.items()})
+        ratios[f"guarded{suffix}"] = per_set["forget"].truth_ratio
+    run.write_json("tofu.json", {"forget_truth_ratios": {k: v.tolist() for k, v in
+                                                         ratios.items()},
+                                 "utility_sets": utility, "max_tokens": max_tokens})
+    return figures

@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import copy
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -411,8 +412,8 @@ class QueryLayer:
             self.budget.settle(tokens=-job.bound, cost=-job.cost_bound)
             state.release()
             raise
-        responses = [dataclasses.replace(r, latency_s=latency, cached=False,
-                                         cost=r.cost or self._price(r.usage)) for r in responses]
+        responses = [Response(r.output, r.usage, r.cost or self._price(r.usage), latency, False,
+                              r.meta) for r in responses]
         tokens = sum(r.usage.total for r in responses)
         cost = sum(r.cost for r in responses)
         self.budget.settle(tokens=tokens - job.bound, cost=cost - job.cost_bound)
@@ -423,9 +424,10 @@ class QueryLayer:
         self.stats.tokens += tokens
         self.stats.cost += cost
         if self.ledger is not None:
-            responses = await self._in_thread(
+            responses = await self._in_thread(functools.partial(
                 self.ledger.record, self.target.id,
-                list(zip(job.keys, job.requests, responses, strict=True)), k)
+                list(zip(job.keys, job.requests, responses, strict=True)), k,
+                fsync=self.target.remote))
         return responses
 
     async def _call(self, requests: list[Request]) -> list[Response]:

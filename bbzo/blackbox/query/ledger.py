@@ -53,7 +53,6 @@ from bbzo.blackbox.protocol import (
     Request,
     Response,
     Usage,
-    as_dense,
     dumps_dense,
     loads_dense,
 )
@@ -140,27 +139,40 @@ def _percentile(ordered: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
 
 
+def _flat_signature(response: Response) -> tuple | None:
+    """``(key, dtype, shape)`` of each array of a *flat array answer* (output a non-empty dict of
+    numpy arrays, meta empty: a dense ``classify`` answer); None for any other answer."""
+    output = response.output
+    if type(output) is not dict or not output or response.meta:
+        return None
+    signature = []
+    for key, value in output.items():
+        if type(value) is not np.ndarray:
+            return None
+        signature.append((key, value.dtype, value.shape))
+    return tuple(signature)
+
+
 def _dump_answers(responses: list[Response]) -> list[tuple[str, bytes | None, dict | None]]:
     """Per response: the JSON text of ``{"output", "meta"}`` (arrays as descriptors), the arrays'
-    bytes (None for plain JSON) and, for a *flat array answer* (output a dict of numpy arrays,
-    meta empty: a dense ``classify`` answer), the output as read back (fresh little-endian C
-    copies; None otherwise). Flat array answers with the same keys, dtypes and shapes share one
-    text, dumped once, so each of them costs a lookup and a copy."""
-    texts: dict[tuple, str] = {}
+    bytes (None for plain JSON) and, for a flat array answer (``_flat_signature``), the output as
+    read back (fresh little-endian C-ordered copies; None for other answers). Flat array answers
+    with one signature share one text, dumped once, so each costs a lookup and a copy."""
+    dumped: dict[tuple, tuple[str, list[np.dtype]]] = {}
     out: list[tuple[str, bytes | None, dict | None]] = []
     for response in responses:
-        output = response.output
-        if type(output) is dict and output and not response.meta \
-                and all(type(v) is np.ndarray for v in output.values()):
-            signature = (tuple(output), tuple((v.dtype.str, v.shape) for v in output.values()))
-            if signature not in texts:
-                texts[signature] = dumps_dense({"output": output, "meta": {}})[0]
-            arrays = [as_dense(v) for v in output.values()]
-            copies = {k: a.copy() for k, a in zip(output, arrays, strict=True)}
-            out.append((texts[signature], b"".join(a.tobytes() for a in arrays), copies))
+        signature = _flat_signature(response)
+        if signature is None:
+            text, arrays = dumps_dense({"output": response.output, "meta": response.meta})
+            out.append((text, b"".join(a.tobytes() for a in arrays) if arrays else None, None))
             continue
-        text, arrays = dumps_dense({"output": output, "meta": response.meta})
-        out.append((text, b"".join(a.tobytes() for a in arrays) if arrays else None, None))
+        if signature not in dumped:
+            text, arrays = dumps_dense({"output": response.output, "meta": {}})
+            dumped[signature] = text, [a.dtype for a in arrays]
+        text, dtypes = dumped[signature]
+        copies = {key: np.array(value, dtype=dtype, order="C")
+                  for (key, value), dtype in zip(response.output.items(), dtypes, strict=True)}
+        out.append((text, b"".join(a.tobytes() for a in copies.values()), copies))
     return out
 
 

@@ -336,9 +336,10 @@ class Ledger:
         except InputError as err:
             raise TargetError(f"target {target_id} returned an answer that cannot be stored "
                               f"({err})") from None
-        target = self._clean(target_id)
-        answers = self._clean_many([text for text, _, _ in dumped])
-        requests = self._clean_many([request.to_json() for _, request, _ in items])
+        n = len(items)
+        cleaned = self._clean_many([target_id] + [text for text, _, _ in dumped]
+                                   + [request.to_json() for _, request, _ in items])
+        target, answers, requests = cleaned[0], cleaned[1:n + 1], cleaned[n + 1:]
         rows, out = [], []
         for (key, request, response), (raw, data, output), text, request_text in zip(
                 items, dumped, answers, requests, strict=True):
@@ -348,9 +349,10 @@ class Ledger:
             else:
                 meta = {}
             usage = response.usage
-            rows.append((key, target, request.kind, request_text, self._array_bytes(request),
-                         text, data, usage.prompt_tokens, usage.completion_tokens,
-                         response.cost, response.latency_s, attempts, now, now))
+            rows.append((key, target, request.kind, request_text,
+                         request.array_bytes() if self.store_payloads else None, text, data,
+                         usage.prompt_tokens, usage.completion_tokens, response.cost,
+                         response.latency_s, attempts, now, now))
             out.append(Response(output=output, usage=Usage(usage.prompt_tokens,
                                                            usage.completion_tokens),
                                 cost=response.cost, latency_s=response.latency_s, meta=meta))

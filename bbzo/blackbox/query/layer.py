@@ -6,10 +6,11 @@ otherwise sent once even if it appears several times or is already in flight in 
 the rate limiter (rpm/tpm over a sliding minute), the budget (an upper bound on queries, tokens
 and dollars reserved before sending, settled to the true usage after; a request the budget
 refuses waits for unsettled reservations and fails only if it still does not fit), the retry
-policy, and finally the ledger, which commits the answer before it is handed back. A remote
-call's requests are first written as ``pending`` rows (a call cut off by a crash may still have
-been charged, and the audit should show it); a local call costs nothing, so its answers are the
-only write: one transaction per target call.
+policy, and finally the ledger, which commits the answer before it is handed back (and, for a
+remote target, fsyncs it: see ``ledger``). A remote call's requests are first written as
+``pending`` rows (a call cut off by a crash may still have been charged, and the audit should
+show it); a local call costs nothing, so its answers are the only write: one transaction per
+target call.
 
 Local targets (``target.remote`` False) are called in batches of up to ``target.max_batch``
 in a worker thread (the layer keeps its workers across submits); remote targets get one

@@ -26,7 +26,7 @@ remote targets (paid answers) are also fsynced on commit (``synchronous=FULL``),
 cannot lose them either; the answers of a local target (``record(..., fsync=False)``, what the
 query layer does for ``target.remote`` False: they cost no money, only a forward pass) skip that
 fsync (~7 ms a commit, the bulk of a dense batch's ledger time) and reach the disk with the next
-fsynced commit or checkpoint.
+fsynced commit or checkpoint; so do hit counts (``note_hits``).
 
 Secrets: every text written passes a guard that redacts OpenAI/Hugging Face style keys,
 bearer tokens and the values of environment variables named like ``*API_KEY*``, ``*_TOKEN``,
@@ -303,8 +303,9 @@ class Ledger:
         return found
 
     def note_hits(self, counts: Mapping[str, int]) -> None:
-        """Count answers served from the ledger (key -> times served)."""
-        with self._write():
+        """Count answers served from the ledger (key -> times served). Bookkeeping, not
+        answers: committed to the WAL without an fsync of its own."""
+        with self._write(fsync=False):
             self._db.executemany("UPDATE queries SET hits = hits + ? WHERE key = ?",
                                  [(n, key) for key, n in counts.items()])
 

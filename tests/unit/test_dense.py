@@ -381,3 +381,20 @@ def test_batched_reduce_gives_the_values_of_one_by_one():
     assert np.allclose(class_probability(0).many(ragged), [p[0] for p in probs[:2]] + [1 / 3])
     with pytest.raises(ObjectiveError, match="one input"):
         cross_entropy(0).many(outputs[:2] + [{"probs": np.ones((2, 4)) / 4}])
+
+
+def test_concurrent_submits_wait_for_a_local_batch_already_in_flight(tmp_path):
+    import asyncio
+
+    model = target(max_batch=3)
+    layer = QueryLayer(model, ledger=Ledger(tmp_path / "l.sqlite"))
+    requests = [dense(x) for x in images(5, seed=6)]
+
+    async def both():
+        return await asyncio.gather(layer.asubmit(requests[:4]), layer.asubmit(requests[2:]))
+
+    left, right = asyncio.run(both())
+    assert sum(model.module.batches) == 5  # each row sent once, whichever submit owns it
+    assert layer.stats.sent == 5 and layer.stats.cached == 2
+    for a, b in ((left[2], right[0]), (left[3], right[1])):
+        assert np.array_equal(a.output["probs"], b.output["probs"]) and a.cached != b.cached

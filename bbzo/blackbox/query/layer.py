@@ -86,7 +86,7 @@ class _LoopState:
 
     def __init__(self, concurrency: int) -> None:
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.inflight: dict[str, asyncio.Future] = {}
+        self.inflight: dict[str, asyncio.Future] = {}  # key -> its target call's answers
         self.holding = 0
         self.settled = asyncio.Event()
 
@@ -233,18 +233,22 @@ class QueryLayer:
             if key in state.inflight:
                 waits.append(self._await_other(key, state.inflight[key], run, stored))
             else:
-                state.inflight[key] = asyncio.get_running_loop().create_future()
                 owned.append(key)
+        chunks = self._chunks(owned)
+        flights = [asyncio.get_running_loop().create_future() for _ in chunks]
+        for chunk, flight in zip(chunks, flights, strict=True):
+            state.inflight.update(dict.fromkeys(chunk, flight))
         fresh: dict[str, Response] = {}
-        jobs = [self._job(self._make_job(chunk, [unique[k] for k in chunk]), state, run, fresh)
-                for chunk in self._chunks(owned)]
+        jobs = [self._job(self._make_job(chunk, [unique[k] for k in chunk]), flight, state, run,
+                          fresh) for chunk, flight in zip(chunks, flights, strict=True)]
         try:
             await self._gather(jobs + waits, run)
         finally:
             for key in owned:
-                future = state.inflight.pop(key)
-                if not future.done():
-                    future.set_result(None)
+                del state.inflight[key]
+            for flight in flights:
+                if not flight.done():
+                    flight.set_result(None)
         return self._assemble(keys, fresh, stored, loaded)
 
     def _assemble(self, keys: list[str], fresh: dict[str, Response],
@@ -338,17 +342,21 @@ class QueryLayer:
 
     async def _await_other(self, key: str, future: asyncio.Future, run: _Run,
                            stored: dict[str, Response]) -> None:
-        """Wait for the same request sent by another submit on this loop."""
-        response = await asyncio.shield(future)
+        """Wait for the same request sent by another submit on this loop (``future``: that
+        call's answers by key, or None if it failed)."""
+        answers = await asyncio.shield(future)
+        response = None if answers is None else answers[key]
         if response is None:
             raise TargetError(f"the same request to target {self.target.id} failed in a "
                               f"concurrent submit; see that error")
         stored[key] = response
         run.advance([key])
 
-    async def _job(self, job: _Job, state: _LoopState, run: _Run,
+    async def _job(self, job: _Job, flight: asyncio.Future, state: _LoopState, run: _Run,
                    fresh: dict[str, Response]) -> None:
-        """Send one job with retries; record its answers, or its failure, in the ledger."""
+        """Send one job with retries; record its answers, or its failure, in the ledger; resolve
+        ``flight`` (what concurrent submits of the same keys wait for) with the answers by key,
+        or None."""
         tries = 0
 
         async def attempt(k: int) -> list[Response]:
@@ -373,10 +381,9 @@ class QueryLayer:
                 self.ledger.record_error(self.target.id, job.pairs, reason, tries)
             raise
         finally:
-            for i, key in enumerate(job.keys):
-                future = state.inflight.get(key)
-                if future is not None and not future.done():
-                    future.set_result(None if responses is None else responses[i])
+            if not flight.done():
+                flight.set_result(None if responses is None
+                                  else dict(zip(job.keys, responses, strict=True)))
         fresh.update(zip(job.keys, responses, strict=True))
         run.advance(job.keys)
 

@@ -275,14 +275,14 @@ def test_fresh_answers_are_what_a_resumed_run_reads_back(tmp_path):
     """Flat array answers take a shortcut past the JSON codec; other answers do not. Either
     way ``record`` returns exactly what ``answers`` reads back: little-endian C-ordered private
     copies, ``meta`` kept."""
-    requests = [dense(x) for x in images(5, seed=4)]
+    requests = [dense(x) for x in images(6, seed=4)]
     keys = [r.key("t") for r in requests]
     big_endian = np.arange(6, dtype=">f8").reshape(2, 3)
     fortran = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
     shared = np.array([[0.25, 0.75]])
     outputs = [({"probs": big_endian}, {}), ({"probs": fortran, "ids": shared}, {}),
                ({"probs": shared}, {}), ({"probs": shared}, {"note": "fallback"}),
-               ({"probs": shared, "n": 3}, {})]
+               ({"probs": shared, "n": 3}, {}), ({7: shared}, {})]  # JSON keys are strings
     with Ledger(tmp_path / "l.sqlite") as ledger:
         fresh = ledger.record("t", [(k, r, Response(o, meta=m)) for k, r, (o, m)
                                     in zip(keys, requests, outputs, strict=True)], 1)
@@ -291,7 +291,7 @@ def test_fresh_answers_are_what_a_resumed_run_reads_back(tmp_path):
         back = stored[key]
         assert new.meta == back.meta == meta and set(new.output) == set(back.output)
         for name, value in output.items():
-            a, b = new.output[name], back.output[name]
+            a, b = new.output[str(name)], back.output[str(name)]
             if not isinstance(value, np.ndarray):
                 assert a == b == value
                 continue

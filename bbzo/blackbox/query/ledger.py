@@ -141,13 +141,14 @@ def _percentile(ordered: list[float], p: float) -> float | None:
 
 def _flat_signature(response: Response) -> tuple | None:
     """``(key, dtype, shape)`` of each array of a *flat array answer* (output a non-empty dict of
-    numpy arrays, meta empty: a dense ``classify`` answer); None for any other answer."""
+    numpy arrays under string keys, meta empty: a dense ``classify`` answer); None for any other
+    answer."""
     output = response.output
     if type(output) is not dict or not output or response.meta:
         return None
     signature = []
     for key, value in output.items():
-        if type(value) is not np.ndarray:
+        if type(value) is not np.ndarray or type(key) is not str:
             return None
         signature.append((key, value.dtype, value.shape))
     return tuple(signature)

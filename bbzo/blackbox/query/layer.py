@@ -213,7 +213,8 @@ class QueryLayer:
         ``TargetError`` (retries exhausted) or ``BudgetExceeded``; answers that came back before
         the failure are in the ledger."""
         requests = list(requests)
-        keys = [self._check(request) for request in requests]
+        bounded = self.budget.max_tokens is not None or self.budget.max_cost is not None
+        keys = [self._check(request, bounded) for request in requests]
         unique = dict(zip(keys, requests, strict=True))
         run = _Run(Counter(keys), self.progress)
         self.stats.requests += len(requests)
@@ -282,12 +283,13 @@ class QueryLayer:
                                  f"new queries (answers already in the ledger are free)",
                                  nqueries=self.budget.queries)
 
-    def _check(self, request: Request) -> str:
+    def _check(self, request: Request, bounded: bool) -> str:
+        """``request``'s key, once the target accepts it (``bounded``: a token or cost budget
+        is set, so the request needs a token upper bound)."""
         if not isinstance(request, Request):
             raise InputError(f"submit takes bbzo Request objects, got {type(request).__name__}")
         self.target.check(request)
-        if (self.budget.max_tokens is not None or self.budget.max_cost is not None) \
-                and token_bound(request) is None:
+        if bounded and token_bound(request) is None:
             raise InputError(f"a {request.kind!r} request without params['max_tokens'] has no "
                              f"token upper bound, so a token or cost budget cannot be kept; "
                              f"set max_tokens")
@@ -420,10 +422,13 @@ class QueryLayer:
             self.budget.settle(tokens=-job.bound, cost=-job.cost_bound)
             state.release()
             raise
-        responses = [Response(r.output, r.usage, r.cost or self._price(r.usage), latency, False,
-                              r.meta) for r in responses]
-        tokens = sum(r.usage.total for r in responses)
-        cost = sum(r.cost for r in responses)
+        answered, tokens, cost = [], 0, 0.0
+        for r in responses:
+            price = r.cost or self._price(r.usage)
+            answered.append(Response(r.output, r.usage, price, latency, False, r.meta))
+            tokens += r.usage.prompt_tokens + r.usage.completion_tokens
+            cost += price
+        responses = answered
         self.budget.settle(tokens=tokens - job.bound, cost=cost - job.cost_bound)
         state.release()
         if tokens > 0:

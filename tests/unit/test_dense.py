@@ -78,6 +78,18 @@ def test_key_is_stable_across_array_types_and_tracks_bytes_dtype_shape():
     assert dense(x).key("other-target") != key
 
 
+def test_keys_follow_the_documented_formula_so_old_ledgers_still_answer():
+    import hashlib
+
+    batch = Request.dense_batch("classify", "inputs", images(3)[:, None])
+    for request in [*batch, Request("generate", {"prompt": "p"}, {"max_tokens": 2})]:
+        head = hashlib.sha256(f"t\n{request.to_json()}".encode())
+        if request.dense:
+            head.update(b"\0" + hashlib.sha256(request.array_bytes()).digest())
+        assert request.key("t") == head.hexdigest()
+    assert len({r.key("t") for r in batch}) == 3 and batch[0].key("u") != batch[0].key("t")
+
+
 def test_dense_request_is_frozen_and_light():
     x = images(1)[0][None]
     request = Request("classify", {"inputs": x, "note": ["a"]})

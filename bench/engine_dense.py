@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -136,15 +137,17 @@ def run(quick: bool, device: str | None = None) -> dict:
         return {"device": device, "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "overhead": bench_overhead(target, folder, 3 if quick else 15, device),
-                "ledger": bench_ledger_size(target, folder, BATCH if quick else 4 * BATCH)}
+                "ledger": bench_ledger_size(target, folder, BATCH if quick else 4 * BATCH),
+                "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def report(result: dict) -> None:
     """Print ``run``'s figures."""
     o, size = result["overhead"], result["ledger"]
     best = o["best_ms"]
-    print(f"[1] batch of {o['batch']} dense classify requests, {result['device']}: bare module "
-          f"{best['module']:.1f} ms, one raw target.call {best['target']:.1f} ms")
+    print(f"[1] batch of {o['batch']} dense classify requests, {result['device']} (load "
+          f"{result['load_1min']}): bare module {best['module']:.1f} ms, one raw target.call "
+          f"{best['target']:.1f} ms")
     for name in best:
         if name.startswith("layer"):
             r = o[name]

@@ -13,7 +13,7 @@ from itertools import combinations
 
 import numpy as np
 
-from bbzo.blackbox.zo.population import Brood
+from bbzo.blackbox.zo.population import Brood, Child
 
 
 def planted_table(rows: int, sizes: np.ndarray, seed: int) -> np.ndarray:
@@ -65,25 +65,43 @@ class MarginalFitness:
 
     def __call__(self, brood: Brood) -> np.ndarray:
         children = brood.children
-        if not children:
-            return np.zeros(0, dtype=np.int64)
-        known = [c for c in children if self.incremental and c.parent is not None]
+        losses = np.zeros(len(children), dtype=np.int64)
+        known = [i for i, c in enumerate(children) if self.incremental and c.parent is not None]
         if known:
-            parents = [brood.parents[c.parent] for c in known]
-            old = np.concatenate([p.value[c.changes] for p, c in zip(parents, known, strict=True)])
-            new = np.concatenate([c.value[c.changes] for c in known])
-            owner = np.repeat(np.arange(len(known)) * self.marginals.cells,
-                              [len(c.changes) for c in known])[:, None]
-            size = len(known) * self.marginals.cells
-            delta = (np.bincount((owner + self.marginals.cell_index(new)).ravel(), minlength=size)
-                     - np.bincount((owner + self.marginals.cell_index(old)).ravel(),
-                                   minlength=size))
-            counts = np.stack([p.stats for p in parents]) + delta.reshape(len(known), -1)
-            self.rows_counted += len(old) + len(new)
-            for child, row in zip(known, counts, strict=True):
-                child.stats = row
-        for child in children:
+            losses[known] = self._from_parents(brood, [children[i] for i in known])
+        for i, child in enumerate(children):
             if child.stats is None:
                 child.stats = self.marginals.counts(child.value)
                 self.rows_counted += len(child.value)
-        return np.abs(np.stack([c.stats for c in children]) - self.target).sum(axis=1)
+                losses[i] = np.abs(child.stats - self.target).sum()
+        return losses
+
+    def _from_parents(self, brood: Brood, kids: list[Child]) -> np.ndarray:
+        """Counts of ``kids`` (children with a parent) from their parents' counts and their
+        changed rows, in a few vector operations (a parent record often has several children:
+        its old rows are gathered in one go); sets their ``stats``; returns their losses."""
+        cells = self.marginals.cells
+        slots: dict[int, int] = {}  # id of a parent record -> its slot
+        records: list[Child] = []
+        for c in kids:
+            record = brood.parents[c.parent]
+            if slots.setdefault(id(record), len(records)) == len(records):
+                records.append(record)
+        slot = np.array([slots[id(brood.parents[c.parent])] for c in kids])
+        index = np.concatenate([c.changes for c in kids])
+        owner = np.repeat(np.arange(len(kids)), [len(c.changes) for c in kids])
+        new = np.concatenate([c.value.take(c.changes, axis=0) for c in kids])
+        old = np.empty_like(new)
+        row_slot = slot[owner]
+        for j, record in enumerate(records):
+            rows = np.flatnonzero(row_slot == j)
+            old[rows] = record.value.take(index[rows], axis=0)
+        shift = (owner * cells)[:, None]
+        size = len(kids) * cells
+        delta = (np.bincount((shift + self.marginals.cell_index(new)).ravel(), minlength=size)
+                 - np.bincount((shift + self.marginals.cell_index(old)).ravel(), minlength=size))
+        counts = np.stack([r.stats for r in records])[slot] + delta.reshape(len(kids), cells)
+        self.rows_counted += 2 * len(index)
+        for child, row in zip(kids, counts, strict=True):
+            child.stats = row
+        return np.abs(counts - self.target).sum(axis=1)

@@ -173,6 +173,14 @@ def _rebuild(node: Any, data: bytes) -> Any:
     return node
 
 
+@functools.lru_cache(maxsize=64)
+def _key_prefix(target_id: str, frozen: str) -> Any:
+    """sha256 state after the target id and a dense request's canonical text: the requests of a
+    dense batch share their text, so each key then costs only its arrays' digest (never
+    mutated: ``Request.key`` hashes a copy)."""
+    return hashlib.sha256(f"{target_id}\n{frozen}".encode())
+
+
 @dataclass(frozen=True, eq=False)
 class Request:
     """One query for a target. Equal requests are those with equal canonical keys.
@@ -254,9 +262,10 @@ class Request:
     def key(self, target_id: str) -> str:
         """The ledger key: sha256 of the target's id and the canonical request (hex); for a
         dense request, also of the sha256 of its arrays' bytes."""
-        h = hashlib.sha256(f"{target_id}\n{self._frozen}".encode())
-        if self._digest:  # NUL never occurs in canonical JSON, so the forms cannot collide
-            h.update(b"\0" + self._digest)
+        if not self._digest:
+            return hashlib.sha256(f"{target_id}\n{self._frozen}".encode()).hexdigest()
+        h = _key_prefix(target_id, self._frozen).copy()
+        h.update(b"\0" + self._digest)  # NUL never occurs in canonical JSON: no collision
         return h.hexdigest()
 
     def to_json(self) -> str:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from bbzo.blackbox.budget import Budget
-from bbzo.blackbox.protocol import Request, dumps_dense, loads_dense
+from bbzo.blackbox.protocol import Request, Response, dumps_dense, loads_dense
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.query.objective import (
@@ -19,8 +24,9 @@ from bbzo.blackbox.query.objective import (
     class_probability,
     cross_entropy,
 )
+from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.classifier import TorchClassifier
-from bbzo.errors import BudgetExceeded, InputError
+from bbzo.errors import BudgetExceeded, InputError, ObjectiveError
 
 SHAPE = (1, 4, 4)
 
@@ -70,6 +76,18 @@ def test_key_is_stable_across_array_types_and_tracks_bytes_dtype_shape():
     keys = {key} | {r.key("t") for r in others}
     assert len(keys) == 1 + len(others)
     assert dense(x).key("other-target") != key
+
+
+def test_keys_follow_the_documented_formula_so_old_ledgers_still_answer():
+    import hashlib
+
+    batch = Request.dense_batch("classify", "inputs", images(3)[:, None])
+    for request in [*batch, Request("generate", {"prompt": "p"}, {"max_tokens": 2})]:
+        head = hashlib.sha256(f"t\n{request.to_json()}".encode())
+        if request.dense:
+            head.update(b"\0" + hashlib.sha256(request.array_bytes()).digest())
+        assert request.key("t") == head.hexdigest()
+    assert len({r.key("t") for r in batch}) == 3 and batch[0].key("u") != batch[0].key("t")
 
 
 def test_dense_request_is_frozen_and_light():
@@ -263,3 +281,132 @@ def test_the_engine_spends_the_layers_budget_only_for_rows_really_sent(tmp_path)
     with pytest.raises(bbzo.BudgetExceeded):  # 148 left: a 160-row batch is refused whole
         bbzo.estimate_gradient(fun, images(20, seed=3).reshape(20, -1).astype(np.float64), q=4)
     assert layer.budget.queries == 52
+
+
+def test_fresh_answers_are_what_a_resumed_run_reads_back(tmp_path):
+    """Flat array answers take a shortcut past the JSON codec; other answers do not. Either
+    way ``record`` returns exactly what ``answers`` reads back: little-endian C-ordered private
+    copies, ``meta`` kept."""
+    requests = [dense(x) for x in images(6, seed=4)]
+    keys = [r.key("t") for r in requests]
+    big_endian = np.arange(6, dtype=">f8").reshape(2, 3)
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
+    shared = np.array([[0.25, 0.75]])
+    outputs = [({"probs": big_endian}, {}), ({"probs": fortran, "ids": shared}, {}),
+               ({"probs": shared}, {}), ({"probs": shared}, {"note": "fallback"}),
+               ({"probs": shared, "n": 3}, {}), ({7: shared}, {})]  # JSON keys are strings
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        fresh = ledger.record("t", [(k, r, Response(o, meta=m)) for k, r, (o, m)
+                                    in zip(keys, requests, outputs, strict=True)], 1)
+        stored = ledger.answers(keys)
+    for key, new, (output, meta) in zip(keys, fresh, outputs, strict=True):
+        back = stored[key]
+        assert new.meta == back.meta == meta and set(new.output) == set(back.output)
+        for name, value in output.items():
+            a, b = new.output[str(name)], back.output[str(name)]
+            if not isinstance(value, np.ndarray):
+                assert a == b == value
+                continue
+            assert a.dtype == b.dtype and a.dtype.str.startswith(("<", "|"))
+            assert a.shape == b.shape == value.shape and np.array_equal(a, value)
+            assert a.flags.c_contiguous and a.flags.writeable and not np.shares_memory(a, value)
+    fresh[2].output["probs"][0, 0] = 9.0  # the target's array and the other answers keep theirs
+    assert shared[0, 0] == 0.25 and fresh[3].output["probs"][0, 0] == 0.25
+
+
+def test_local_answers_skip_the_fsync_and_remote_answers_keep_it(tmp_path):
+    class Remote(Target):
+        id = "remote"
+        capabilities = frozenset({"generate"})
+        remote = True
+
+        async def acall(self, request):
+            return Response({"text": "ok"})
+
+    ledger = Ledger(tmp_path / "l.sqlite")
+    synchronous = {}
+    QueryLayer(target(), ledger=ledger).submit([dense(images(1)[0])])
+    synchronous["local"] = ledger._db.execute("PRAGMA synchronous").fetchone()[0]
+    QueryLayer(Remote(), ledger=ledger).submit([Request("generate", {"prompt": "p"})])
+    synchronous["remote"] = ledger._db.execute("PRAGMA synchronous").fetchone()[0]
+    assert synchronous == {"local": 1, "remote": 2}  # NORMAL, FULL
+    assert ledger.summary().answered == 2
+
+
+KILLED_CHILD = """
+import sys
+import numpy as np
+from bbzo.blackbox.protocol import Request, Response
+from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.ledger import Ledger
+from bbzo.blackbox.targets.base import Target
+
+class Local(Target):
+    id = "local"
+    capabilities = frozenset({"classify"})
+    max_batch = 8
+
+    def call(self, requests):
+        return [Response({"probs": np.array([[0.5, 0.5]])}) for _ in requests]
+
+layer = QueryLayer(Local(), ledger=Ledger(sys.argv[1]), concurrency=1)
+with open(sys.argv[2], "w") as log:
+    for i in range(100000):
+        rows = np.arange(24 * i, 24 * (i + 1), dtype=np.float32).reshape(8, 1, 3)
+        layer.submit(Request.dense_batch("classify", "inputs", rows))  # 8 new requests
+        log.write(f"{8 * (i + 1)}\\n")
+        log.flush()
+"""
+
+
+def test_local_answers_handed_back_survive_kill_9(tmp_path):
+    """Without the fsync a local answer is still in the WAL file before it is handed back."""
+    path, progress = tmp_path / "l.sqlite", tmp_path / "progress.txt"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(path), str(progress)])
+
+    def handed_back() -> int:
+        lines = progress.read_text().split() if progress.exists() else []
+        return int(lines[-1]) if lines else 0
+
+    deadline = time.monotonic() + 60
+    while handed_back() < 200 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    done = handed_back()
+    summary = Ledger(path).summary()
+    assert 200 <= done <= summary.answered and summary.pending == 0
+
+
+def test_batched_reduce_gives_the_values_of_one_by_one():
+    rng = np.random.default_rng(5)
+    probs = rng.dirichlet(np.ones(4), size=6)
+    probs[2, 1] = 0.0  # floored, not inf
+    outputs = [{"probs": p[None]} for p in probs[:3]] + [{"probs": [p.tolist()]}
+                                                         for p in probs[3:]]
+    for reduce in (cross_entropy(1), class_probability(3)):
+        many = reduce.many(outputs)
+        assert many.dtype == np.float64 and many.shape == (6,)
+        assert many.tolist() == [reduce(output) for output in outputs]
+    assert cross_entropy(1).many(outputs)[2] == -math.log(1e-12)
+    ragged = outputs[:2] + [{"probs": np.ones((1, 3)) / 3}]  # falls back to one by one
+    assert np.allclose(class_probability(0).many(ragged), [p[0] for p in probs[:2]] + [1 / 3])
+    with pytest.raises(ObjectiveError, match="one input"):
+        cross_entropy(0).many(outputs[:2] + [{"probs": np.ones((2, 4)) / 4}])
+
+
+def test_concurrent_submits_wait_for_a_local_batch_already_in_flight(tmp_path):
+    import asyncio
+
+    model = target(max_batch=3)
+    layer = QueryLayer(model, ledger=Ledger(tmp_path / "l.sqlite"))
+    requests = [dense(x) for x in images(5, seed=6)]
+
+    async def both():
+        return await asyncio.gather(layer.asubmit(requests[:4]), layer.asubmit(requests[2:]))
+
+    left, right = asyncio.run(both())
+    assert sum(model.module.batches) == 5  # each row sent once, whichever submit owns it
+    assert layer.stats.sent == 5 and layer.stats.cached == 2
+    for a, b in ((left[2], right[0]), (left[3], right[1])):
+        assert np.array_equal(a.output["probs"], b.output["probs"]) and a.cached != b.cached

@@ -175,3 +175,18 @@ def test_operator_contract_is_checked():
         counting_search(improvers="all")
     with pytest.raises(InputError, match="init_losses"):
         counting_search(init_losses=[1.0])
+
+
+def test_crossover_pairs_are_distinct_elite_members_covering_every_ordered_pair():
+    pairs = []
+
+    def cross(firsts, seconds, rng):
+        pairs.extend(zip(firsts, seconds, strict=True))
+        return [Child(a, i) for i, a in enumerate(firsts)]
+
+    search = counting_search(crossover=cross, crossover_rate=1.0, children=40,
+                             init_losses=[1, 2, 3], elite_size=3)
+    brood = search.ask()
+    assert len(brood) == 40 and len(pairs) == 40
+    assert all(a != b for a, b in pairs) and {a for a, _ in pairs} <= {0, 1, 2}
+    assert len(set(pairs)) == 6  # all 3 x 2 ordered pairs of distinct members

@@ -6,10 +6,11 @@ otherwise sent once even if it appears several times or is already in flight in 
 the rate limiter (rpm/tpm over a sliding minute), the budget (an upper bound on queries, tokens
 and dollars reserved before sending, settled to the true usage after; a request the budget
 refuses waits for unsettled reservations and fails only if it still does not fit), the retry
-policy, and finally the ledger, which commits the answer before it is handed back. A remote
-call's requests are first written as ``pending`` rows (a call cut off by a crash may still have
-been charged, and the audit should show it); a local call costs nothing, so its answers are the
-only write: one transaction per target call.
+policy, and finally the ledger, which commits the answer before it is handed back (and, for a
+remote target, fsyncs it: see ``ledger``). A remote call's requests are first written as
+``pending`` rows (a call cut off by a crash may still have been charged, and the audit should
+show it); a local call costs nothing, so its answers are the only write: one transaction per
+target call.
 
 Local targets (``target.remote`` False) are called in batches of up to ``target.max_batch``
 in a worker thread (the layer keeps its workers across submits); remote targets get one
@@ -27,6 +28,7 @@ import asyncio
 import concurrent.futures
 import copy
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -84,7 +86,7 @@ class _LoopState:
 
     def __init__(self, concurrency: int) -> None:
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.inflight: dict[str, asyncio.Future] = {}
+        self.inflight: dict[str, asyncio.Future] = {}  # key -> its target call's answers
         self.holding = 0
         self.settled = asyncio.Event()
 
@@ -211,7 +213,8 @@ class QueryLayer:
         ``TargetError`` (retries exhausted) or ``BudgetExceeded``; answers that came back before
         the failure are in the ledger."""
         requests = list(requests)
-        keys = [self._check(request) for request in requests]
+        bounded = self.budget.max_tokens is not None or self.budget.max_cost is not None
+        keys = [self._check(request, bounded) for request in requests]
         unique = dict(zip(keys, requests, strict=True))
         run = _Run(Counter(keys), self.progress)
         self.stats.requests += len(requests)
@@ -231,18 +234,22 @@ class QueryLayer:
             if key in state.inflight:
                 waits.append(self._await_other(key, state.inflight[key], run, stored))
             else:
-                state.inflight[key] = asyncio.get_running_loop().create_future()
                 owned.append(key)
+        chunks = self._chunks(owned)
+        flights = [asyncio.get_running_loop().create_future() for _ in chunks]
+        for chunk, flight in zip(chunks, flights, strict=True):
+            state.inflight.update(dict.fromkeys(chunk, flight))
         fresh: dict[str, Response] = {}
-        jobs = [self._job(self._make_job(chunk, [unique[k] for k in chunk]), state, run, fresh)
-                for chunk in self._chunks(owned)]
+        jobs = [self._job(self._make_job(chunk, [unique[k] for k in chunk]), flight, state, run,
+                          fresh) for chunk, flight in zip(chunks, flights, strict=True)]
         try:
             await self._gather(jobs + waits, run)
         finally:
             for key in owned:
-                future = state.inflight.pop(key)
-                if not future.done():
-                    future.set_result(None)
+                del state.inflight[key]
+            for flight in flights:
+                if not flight.done():
+                    flight.set_result(None)
         return self._assemble(keys, fresh, stored, loaded)
 
     def _assemble(self, keys: list[str], fresh: dict[str, Response],
@@ -276,12 +283,13 @@ class QueryLayer:
                                  f"new queries (answers already in the ledger are free)",
                                  nqueries=self.budget.queries)
 
-    def _check(self, request: Request) -> str:
+    def _check(self, request: Request, bounded: bool) -> str:
+        """``request``'s key, once the target accepts it (``bounded``: a token or cost budget
+        is set, so the request needs a token upper bound)."""
         if not isinstance(request, Request):
             raise InputError(f"submit takes bbzo Request objects, got {type(request).__name__}")
         self.target.check(request)
-        if (self.budget.max_tokens is not None or self.budget.max_cost is not None) \
-                and token_bound(request) is None:
+        if bounded and token_bound(request) is None:
             raise InputError(f"a {request.kind!r} request without params['max_tokens'] has no "
                              f"token upper bound, so a token or cost budget cannot be kept; "
                              f"set max_tokens")
@@ -336,17 +344,21 @@ class QueryLayer:
 
     async def _await_other(self, key: str, future: asyncio.Future, run: _Run,
                            stored: dict[str, Response]) -> None:
-        """Wait for the same request sent by another submit on this loop."""
-        response = await asyncio.shield(future)
+        """Wait for the same request sent by another submit on this loop (``future``: that
+        call's answers by key, or None if it failed)."""
+        answers = await asyncio.shield(future)
+        response = None if answers is None else answers[key]
         if response is None:
             raise TargetError(f"the same request to target {self.target.id} failed in a "
                               f"concurrent submit; see that error")
         stored[key] = response
         run.advance([key])
 
-    async def _job(self, job: _Job, state: _LoopState, run: _Run,
+    async def _job(self, job: _Job, flight: asyncio.Future, state: _LoopState, run: _Run,
                    fresh: dict[str, Response]) -> None:
-        """Send one job with retries; record its answers, or its failure, in the ledger."""
+        """Send one job with retries; record its answers, or its failure, in the ledger; resolve
+        ``flight`` (what concurrent submits of the same keys wait for) with the answers by key,
+        or None."""
         tries = 0
 
         async def attempt(k: int) -> list[Response]:
@@ -371,10 +383,9 @@ class QueryLayer:
                 self.ledger.record_error(self.target.id, job.pairs, reason, tries)
             raise
         finally:
-            for i, key in enumerate(job.keys):
-                future = state.inflight.get(key)
-                if future is not None and not future.done():
-                    future.set_result(None if responses is None else responses[i])
+            if not flight.done():
+                flight.set_result(None if responses is None
+                                  else dict(zip(job.keys, responses, strict=True)))
         fresh.update(zip(job.keys, responses, strict=True))
         run.advance(job.keys)
 
@@ -411,10 +422,13 @@ class QueryLayer:
             self.budget.settle(tokens=-job.bound, cost=-job.cost_bound)
             state.release()
             raise
-        responses = [dataclasses.replace(r, latency_s=latency, cached=False,
-                                         cost=r.cost or self._price(r.usage)) for r in responses]
-        tokens = sum(r.usage.total for r in responses)
-        cost = sum(r.cost for r in responses)
+        answered, tokens, cost = [], 0, 0.0
+        for r in responses:
+            price = r.cost or self._price(r.usage)
+            answered.append(Response(r.output, r.usage, price, latency, False, r.meta))
+            tokens += r.usage.prompt_tokens + r.usage.completion_tokens
+            cost += price
+        responses = answered
         self.budget.settle(tokens=tokens - job.bound, cost=cost - job.cost_bound)
         state.release()
         if tokens > 0:
@@ -423,9 +437,10 @@ class QueryLayer:
         self.stats.tokens += tokens
         self.stats.cost += cost
         if self.ledger is not None:
-            responses = await self._in_thread(
+            responses = await self._in_thread(functools.partial(
                 self.ledger.record, self.target.id,
-                list(zip(job.keys, job.requests, responses, strict=True)), k)
+                list(zip(job.keys, job.requests, responses, strict=True)), k,
+                fsync=self.target.remote))
         return responses
 
     async def _call(self, requests: list[Request]) -> list[Response]:

@@ -34,7 +34,7 @@ _TINY = 1e-12  # probability floor of cross_entropy, so a zero probability gives
 
 
 def _probs(output: Any) -> np.ndarray:
-    """The single row of class probabilities in a ``classify`` answer, as float64 (classes,)."""
+    """The single row of class probabilities in a ``classify`` answer, as float64 (1, classes)."""
     try:
         probs = np.asarray(output["probs"], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
@@ -43,7 +43,7 @@ def _probs(output: Any) -> np.ndarray:
     if probs.ndim != 2 or probs.shape[0] != 1:
         raise ObjectiveError(f"expected probabilities for one input, shape (1, classes), got "
                              f"{probs.shape}")
-    return probs[0]
+    return probs
 
 
 def _class_index(c: int, name: str) -> int:
@@ -52,24 +52,38 @@ def _class_index(c: int, name: str) -> int:
     return int(c)
 
 
-def cross_entropy(label: int) -> Reduce:
+class ProbabilityReduce:
+    """A ``reduce`` of ``classify`` answers defined on probability tables: ``of(P)`` maps
+    float64 probabilities (n, classes) to values (n,). ``reduce(output) -> float`` for one
+    answer; ``many(outputs) -> (n,)`` for a batch in one vector operation (what
+    ``LayerObjective`` calls; the same numbers as one by one)."""
+
+    def __init__(self, of: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.of = of
+
+    def __call__(self, output: Any) -> float:
+        return float(self.of(_probs(output))[0])
+
+    def many(self, outputs: Sequence[Any]) -> np.ndarray:
+        try:
+            probs = np.stack([output["probs"] for output in outputs]).astype(np.float64)
+        except (KeyError, TypeError, ValueError, IndexError):  # ragged or malformed
+            probs = None
+        if probs is None or probs.ndim != 3 or probs.shape[1] != 1:
+            return np.array([self(output) for output in outputs], dtype=np.float64)
+        return np.asarray(self.of(probs[:, 0]), dtype=np.float64)
+
+
+def cross_entropy(label: int) -> ProbabilityReduce:
     """``-log p[label]`` of a ``classify`` answer (probability floored at 1e-12)."""
     label = _class_index(label, "label")
-
-    def reduce(output: Any) -> float:
-        return -math.log(max(float(_probs(output)[label]), _TINY))
-
-    return reduce
+    return ProbabilityReduce(lambda probs: -np.log(np.maximum(probs[:, label], _TINY)))
 
 
-def class_probability(c: int) -> Reduce:
+def class_probability(c: int) -> ProbabilityReduce:
     """``p[c]`` of a ``classify`` answer (minimize it to push inputs away from class ``c``)."""
     c = _class_index(c, "class")
-
-    def reduce(output: Any) -> float:
-        return float(_probs(output)[c])
-
-    return reduce
+    return ProbabilityReduce(lambda probs: probs[:, c])
 
 
 class LayerObjective:
@@ -77,7 +91,8 @@ class LayerObjective:
 
     Args:
         layer: the query layer (its ledger answers repeats free; its budget is shared).
-        reduce: maps one answer's output to a float.
+        reduce: maps one answer's output to a float; when it also has ``many(outputs) ->
+            (n,)`` (``ProbabilityReduce``), a batch is reduced in one call.
         shape: input shape of one example, e.g. ``(3, 32, 32)``; rows are reshaped to
             ``(1, *shape)``. Default ``(d,)``.
         kind: the request kind (default ``classify``).
@@ -150,7 +165,10 @@ class LayerObjective:
         finally:
             self.nsent += stats.sent - sent
             self.ncached += stats.cached - cached
-        values = np.array([self.reduce(r.output) for r in responses], dtype=np.float64)
+        outputs = [r.output for r in responses]
+        many = getattr(self.reduce, "many", None)  # a batched form (ProbabilityReduce)
+        values = (many(outputs) if many is not None else
+                  np.array([self.reduce(output) for output in outputs], dtype=np.float64))
         if isinstance(X, torch.Tensor) and X.is_floating_point():
             return torch.from_numpy(values).to(device=X.device, dtype=X.dtype)
         return values

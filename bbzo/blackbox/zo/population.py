@@ -347,11 +347,10 @@ class PopulationSearch(AskTell):
         children: list[Child] = []
         parents: list[Child] = []
         if n_cross:
-            pairs = [self.rng.choice(len(self.members), size=2, replace=False)
-                     for _ in range(n_cross)]
-            parents = [self.members[i] for i, _ in pairs]
+            firsts, seconds = self._pairs(n_cross)
+            parents = [self.members[i] for i in firsts]
             children = self._checked(self.crossover([p.value for p in parents],
-                                                    [self.members[j].value for _, j in pairs],
+                                                    [self.members[j].value for j in seconds],
                                                     self.rng), parents, "crossover")
         chosen = list(self.select(self, self.children - n_cross, self.rng))
         for c in self._checked(self.mutate([p.value for p in chosen], self.rng), chosen,
@@ -362,6 +361,14 @@ class PopulationSearch(AskTell):
             raise InputError(f"the operators made {len(children)} children, more than "
                              f"children={self.children}; make fewer or raise children")
         return Brood(children, parents + chosen)
+
+    def _pairs(self, count: int) -> tuple[list[int], list[int]]:
+        """``count`` ordered pairs of distinct elite indices, uniform, drawn in two calls."""
+        n = len(self.members)
+        firsts = self.rng.integers(n, size=count)
+        seconds = self.rng.integers(n - 1, size=count)
+        seconds += seconds >= firsts  # skip the first's own index
+        return firsts.tolist(), seconds.tolist()
 
     @staticmethod
     def _checked(children: Any, parents: list[Child], name: str) -> list[Child]:

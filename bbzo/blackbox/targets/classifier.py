@@ -153,18 +153,18 @@ class TorchClassifier(_Classifier):
             return self.module(x)
         shape = tuple(x.shape[1:])
         if shape not in self._graphs:
-            example = torch.zeros(self.chunk, *shape)
-            self._graphs[shape] = tuned_forward(self.module, example)
+            self._graphs[shape] = tuned_forward(self.module, self._padded(x[:self.chunk]))
         graph = self._graphs[shape]
         if graph is None:
             return self.module(x)
-        outs = []
-        for start in range(0, len(x), self.chunk):
-            part = x[start:start + self.chunk]
-            if len(part) < self.chunk:
-                part = torch.cat([part, part.new_zeros(self.chunk - len(part), *shape)])
-            outs.append(graph(part)[:len(x) - start])
-        return torch.cat(outs)
+        return torch.cat([graph(self._padded(x[start:start + self.chunk]))[:len(x) - start]
+                          for start in range(0, len(x), self.chunk)])
+
+    def _padded(self, part: torch.Tensor) -> torch.Tensor:
+        """``part`` (k ≤ chunk, ...) with zero rows appended up to ``chunk`` rows."""
+        if len(part) == self.chunk:
+            return part
+        return torch.cat([part, part.new_zeros(self.chunk - len(part), *part.shape[1:])])
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -183,11 +183,13 @@ def tuned_forward(module: torch.nn.Module, example: torch.Tensor
                   ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``module`` traced on ``example`` (batch, *input_shape), frozen and optimised for CPU
     inference (oneDNN convolutions, folded constants), for inputs shaped like ``example``
-    only (a trace may fix the batch size). None when tracing fails or the graph's output
-    differs from the module's on ``example`` (beyond ``TUNED_TOL``)."""
+    only (a trace may fix the batch size). None when tracing warns (Python control flow or
+    sizes read from the data), fails, or the graph's output differs from the module's on
+    ``example`` (beyond ``TUNED_TOL``)."""
     example = example.contiguous()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        warnings.simplefilter("error", torch.jit.TracerWarning)
         try:
             expected = module(example)
             graph = torch.jit.optimize_for_inference(torch.jit.trace(module, example))

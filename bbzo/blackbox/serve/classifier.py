@@ -24,6 +24,7 @@ from starlette.routing import Route
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.serve.app import DEFAULT_HOST, listening_socket
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.classifier import TorchClassifier
 from bbzo.errors import BbzoError, InputError
 
 MAX_CLASSIFY_BYTES = 64 << 20  # 1,000 MNIST images as JSON text are about 10 MB
@@ -108,10 +109,13 @@ class ClassifierServer:
 
 def start_classifier_server(target: Target, *, host: str = DEFAULT_HOST, port: int = 0,
                             max_body_bytes: int = MAX_CLASSIFY_BYTES) -> ClassifierServer:
-    """Serve a local classifier target in a background thread; returns once it listens."""
+    """Serve a local classifier target in a background thread; returns once it listens.
+    A ``TorchClassifier`` is switched to its tuned forward (``tune = True``)."""
     if target.remote or "classify" not in target.capabilities:
         raise InputError(f"target {target.id} cannot be served as a classifier: give a "
                          f"classifier folder or torch:<file.py>:<factory>")
+    if isinstance(target, TorchClassifier):
+        target.tune = True
     sock = listening_socket(host, port)
     app = _ClassifierApp(target, max_body_bytes)
     config = uvicorn.Config(app.asgi, log_config=None, access_log=False, lifespan="off",

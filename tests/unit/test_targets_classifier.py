@@ -288,3 +288,34 @@ def test_tuning_falls_back_to_the_module_when_the_trace_would_be_wrong():
     assert t._graphs == {(1, 2, 2): None}
     with pytest.raises(InputError, match="chunk"):
         TorchClassifier(DataDependent(), "dd", chunk=0)
+
+
+def test_bbzo_server_switches_the_client_to_exact_base64_arrays():
+    from bbzo.blackbox.serve.classifier import start_classifier_server
+
+    images = np.random.default_rng(3).random((6, 1, 8, 8), dtype=np.float32)
+    local = TorchClassifier(Calls(), "local", device="cpu", outputs="logits")
+    with start_classifier_server(local) as server:
+        assert local.tune  # the server runs the tuned forward
+        expected = np.concatenate([local.predict(images[:2]), local.predict(images[2:])])
+        remote = HTTPClassifier(server.url, timeout=30)
+        assert remote.wire == "json"
+        first = remote.call([Request("classify", {"inputs": images[:2]})])
+        assert remote.wire == "base64"  # advertised by the first answer
+        second = remote.call([Request("classify", {"inputs": images[2:]})])
+        assert server.stats()["inputs"] == 6
+    got = np.concatenate([first[0].output["probs"], second[0].output["probs"]])
+    assert np.array_equal(got, expected)  # bytes on the wire: no rounding either way
+
+
+@pytest.mark.parametrize("obj", [
+    {"dtype": "<i4", "shape": [1], "base64": "AAAAAA=="},     # not a float dtype
+    {"dtype": "<f4", "shape": [2], "base64": "AAAAAA=="},     # 4 bytes for 2 floats
+    {"dtype": "<f4", "shape": [1], "base64": "not base64!"},  # bad characters
+    [1.0, 2.0],                                               # not an object
+])
+def test_decode_array_rejects_malformed_objects(obj):
+    from bbzo.blackbox.targets.classifier import decode_array
+
+    with pytest.raises(ValueError):
+        decode_array(obj)

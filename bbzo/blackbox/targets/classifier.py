@@ -17,12 +17,16 @@ Three sources:
   only when every row is already a distribution (all values in [0, 1], rows summing to 1 within
   ``SUM_TOL``) and applies a softmax otherwise.
 - an HTTP(S) JSON endpoint (``HTTPClassifier``): POST ``{"inputs": [...]}``, expect
-  ``{"probs": [[...]]}``; HTTP errors map to ``TransientError`` (408/429/5xx, timeouts, refused
-  connections: retried by the query layer) or ``PermanentError``.
+  ``{"probs": [[...]]}``. An endpoint that answers with the header ``X-Bbzo-Arrays: base64``
+  (``bbzo serve-classifier``) is sent arrays as ``{"dtype", "shape", "base64"}`` objects
+  (``encode_array``; raw little-endian bytes, so values are exact and no float is printed as
+  text) and answers in kind from then on. HTTP errors map to ``TransientError`` (408/429/5xx,
+  timeouts, refused connections: retried by the query layer) or ``PermanentError``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import importlib.util
@@ -49,6 +53,8 @@ OUTPUTS = ("auto", "probs", "logits")
 CONFIG = "config.json"
 WEIGHTS = "model.pt"
 ARCHITECTURE = "architecture.py"
+ARRAYS_HEADER = "X-Bbzo-Arrays"  # "base64": the endpoint reads and writes encode_array objects
+WIRE_DTYPES = ("<f4", "<f8")
 TUNED_CHUNK = 128
 TUNED_TOL = 1e-4  # largest difference allowed between the tuned graph and the module
 
@@ -65,6 +71,23 @@ def check_probs(probs: np.ndarray, rows: int, who: str) -> np.ndarray:
     if worst > SUM_TOL:
         raise TargetError(f"{who} returned rows summing to 1 ± {worst:.3g}, more than {SUM_TOL}")
     return probs
+
+
+def encode_array(array: np.ndarray) -> dict:
+    """A float array as JSON data: ``{"dtype": "<f4"|"<f8", "shape": [...], "base64": ...}``."""
+    array = np.ascontiguousarray(array, dtype="<f8" if array.dtype == np.float64 else "<f4")
+    return {"dtype": array.dtype.str, "shape": list(array.shape),
+            "base64": base64.b64encode(array.data).decode("ascii")}
+
+
+def decode_array(obj: dict) -> np.ndarray:
+    """Inverse of ``encode_array``; ``ValueError`` when the object is malformed."""
+    if not isinstance(obj, dict) or obj.get("dtype") not in WIRE_DTYPES \
+            or not isinstance(obj.get("shape"), list) or not isinstance(obj.get("base64"), str):
+        raise ValueError('an array must be {"dtype": "<f4" or "<f8", "shape": [...], '
+                         '"base64": "..."}')
+    data = base64.b64decode(obj["base64"], validate=True)
+    return np.frombuffer(data, obj["dtype"]).reshape(obj["shape"])
 
 
 def _inputs(request: Request) -> np.ndarray:
@@ -306,6 +329,10 @@ class HTTPClassifier(_Classifier):
         timeout: seconds per request.
         max_batch: requests per call (their inputs go in one POST per input shape).
         headers: extra HTTP headers (e.g. authorization); never part of ``id``.
+
+    Attributes:
+        wire: ``"json"`` (nested lists) until the endpoint advertises ``ARRAYS_HEADER``, then
+            ``"base64"`` (module doc).
     """
 
     def __init__(self, url: str, *, timeout: float = 30.0, max_batch: int = 32,
@@ -321,14 +348,18 @@ class HTTPClassifier(_Classifier):
         self.timeout = timeout
         self.max_batch = max_batch
         self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.wire = "json"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        body = json.dumps({"inputs": x.tolist()}).encode()
+        inputs = encode_array(x) if self.wire == "base64" else x.tolist()
+        body = json.dumps({"inputs": inputs}).encode()
         request = urllib.request.Request(self.url, data=body, headers=self.headers,
                                          method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                 text = reply.read()
+                if reply.headers.get(ARRAYS_HEADER) == "base64":
+                    self.wire = "base64"
         except urllib.error.HTTPError as err:
             detail = err.read()[:200].decode(errors="replace")
             raise error_for_status(err.code, f"{self.id} answered HTTP {err.code}: {detail}",
@@ -342,6 +373,8 @@ class HTTPClassifier(_Classifier):
             raise TargetError(f"{self.id} did not reply with JSON {{\"probs\": [[...]]}}: "
                               f"{text[:200]!r}") from None
         try:
+            if isinstance(probs, dict):
+                probs = decode_array(probs)
             return np.asarray(probs, dtype=np.float64)
         except (TypeError, ValueError):
             raise TargetError(f"{self.id} replied with probs that are not a numeric table") \

@@ -193,6 +193,10 @@ def measure(method: str, n: int, images: int, batch: int) -> dict:
     return result
 
 
+def ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def table(results: dict) -> str:
     """The side-by-side markdown table of ``results`` (name → measure's result)."""
     lines = ["| method | samples/s | s/image | CPU µs/sample | share of GEMM | peak RSS |",
@@ -261,8 +265,8 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(f"\nn = {n}, {images} image(s), {flops / 1e6:.2f} MFLOP/image, fp32 GEMM "
           f"{gemm / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads, load "
-          f"{os.getloadavg()[0]:.1f}; bbzo / loop = {report['bbzo_vs_loop'] or 0:.2f}, "
-          f"bbzo / best ART = {report['bbzo_vs_art_best'] or 0:.2f}\n")
+          f"{os.getloadavg()[0]:.1f}; bbzo / loop = {ratio(report['bbzo_vs_loop'])}, "
+          f"bbzo / best ART = {ratio(report['bbzo_vs_art_best'])}\n")
     print(table(results))
 
 

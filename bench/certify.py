@@ -1,20 +1,24 @@
 """Certification benchmark: bbzo's certify against a straightforward loop (and IBM ART when it
 is installed), side by side in one run on the same classifier and images.
 
-For each method: noise samples classified per second, seconds per image, peak resident memory
+For each method: noise samples classified per second, seconds per image, CPU microseconds per
+sample (all threads; what a loaded machine does not distort much), peak resident memory
 (each method runs in a fresh subprocess, so ``ru_maxrss`` is its own), and the FLOP rate of
 its forwards as a fraction of this machine's fp32 GEMM rate (measured in the same run).
 
-- ``bbzo``: ``SmoothedClassifier.certify`` through the query layer (dense requests, ledger on
-  disk) on a local ``TorchClassifier``;
+- ``bbzo``: ``SmoothedClassifier.certify`` through the query layer (one dense request per noise
+  block, ledger on disk) on a local ``TorchClassifier`` tuned as ``certify_run`` tunes it;
 - ``http``: the same through ``HTTPClassifier`` against ``bbzo serve-classifier`` on
   127.0.0.1, with the ratio of its throughput to the server's own classification rate;
 - ``loop``: Cohen's code's shape: batches of 1,000 repeated images + ``randn_like`` noise under
   ``no_grad``, counts by argmax;
 - ``art``: ``PyTorchRandomizedSmoothing.certify`` (``adversarial-robustness-toolbox``, optional)
-  at its default batch size and at ours.
+  at its default batch size (32) and at 256 and ours; "best" is the fastest of them.
 
-    python bench/certify.py [--quick] [--n 10000] [--images 3] [--out bench/out]
+Memory flat in n: run once more with ``--n 100000 --images 1`` and compare the peak RSS.
+
+    python bench/certify.py [--quick] [--n 10000] [--images 3] [--methods bbzo loop ...]
+                            [--out bench/out]
 """
 
 from __future__ import annotations
@@ -70,6 +74,18 @@ def gemm_rate(size: int = 1024, reps: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
+def clock() -> tuple[float, float]:
+    """(wall, CPU of all this process's threads) seconds, for ``elapsed``."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(since: tuple[float, float]) -> dict:
+    """Wall and CPU seconds since ``clock()`` (CPU time counts the work, not the waits of a
+    loaded machine)."""
+    wall, cpu = clock()
+    return {"seconds": wall - since[0], "cpu_seconds": cpu - since[1]}
+
+
 def model_and_images(images: int) -> tuple[nn.Module, np.ndarray]:
     torch.manual_seed(0)
     model = small_cnn(1, 28, 10, WIDTH).eval()
@@ -84,14 +100,18 @@ def run_bbzo(n: int, images: int, batch: int) -> dict:
     from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
 
     model, x = model_and_images(images)
-    target = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch)
+    target = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch,
+                             tune=True)
+    setup = time.perf_counter()
+    target.predict(x[:1])  # traces and checks the tuned graph once per process
+    setup = time.perf_counter() - setup
     with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.sqlite") as ledger:
         smoothed = SmoothedClassifier(QueryLayer(target, ledger=ledger),
                                       SmoothingSettings(n0=100, n=n, batch=batch))
-        start = time.perf_counter()
+        start = clock()
         for i in range(images):
             smoothed.certify(x[i], i)
-        return {"seconds": time.perf_counter() - start}
+        return {**elapsed(start), "setup_seconds": setup}
 
 
 def run_http(n: int, images: int, batch: int) -> dict:
@@ -103,22 +123,24 @@ def run_http(n: int, images: int, batch: int) -> dict:
     from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
 
     model, x = model_and_images(images)
-    local = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch)
+    local = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch,
+                            tune=True)
+    local.predict(x[:1])  # the server's tuned graph, traced before timing
     with start_classifier_server(local) as server:
         remote = HTTPClassifier(server.url, max_batch=batch, timeout=120)
         smoothed = SmoothedClassifier(QueryLayer(remote),
                                       SmoothingSettings(n0=100, n=n, batch=batch))
-        start = time.perf_counter()
+        start = clock()
         for i in range(images):
             smoothed.certify(x[i], i)
-        seconds = time.perf_counter() - start
+        took = elapsed(start)
         stats = server.stats()
-    return {"seconds": seconds, "server_samples_per_s": stats["inputs"] / stats["model_seconds"]}
+    return {**took, "server_samples_per_s": stats["inputs"] / stats["model_seconds"]}
 
 
 def run_loop(n: int, images: int, batch: int) -> dict:
     model, x = model_and_images(images)
-    start = time.perf_counter()
+    start = clock()
     with torch.no_grad():
         for i in range(images):
             for num in (100, n):
@@ -130,7 +152,7 @@ def run_loop(n: int, images: int, batch: int) -> dict:
                     noisy = rep + torch.randn_like(rep) * 0.25
                     counts += np.bincount(model(noisy).argmax(1).numpy(), minlength=10)
                     left -= size
-    return {"seconds": time.perf_counter() - start}
+    return elapsed(start)
 
 
 def run_art(n: int, images: int, batch: int) -> dict:
@@ -140,9 +162,9 @@ def run_art(n: int, images: int, batch: int) -> dict:
     art = PyTorchRandomizedSmoothing(model=model, loss=nn.CrossEntropyLoss(),
                                      input_shape=(1, 28, 28), nb_classes=10, sample_size=n,
                                      scale=0.25, alpha=0.001, device_type="cpu")
-    start = time.perf_counter()
+    start = clock()
     art.certify(x, n=n, batch_size=batch)
-    return {"seconds": time.perf_counter() - start}
+    return elapsed(start)
 
 
 RUNNERS = {"bbzo": run_bbzo, "http": run_http, "loop": run_loop, "art": run_art}
@@ -166,8 +188,31 @@ def measure(method: str, n: int, images: int, batch: int) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     samples = images * (100 + n)
     result.update({"samples_per_s": samples / result["seconds"],
+                   "cpu_us_per_sample": 1e6 * result["cpu_seconds"] / samples,
                    "seconds_per_image": result["seconds"] / images, "batch": batch})
     return result
+
+
+def ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def table(results: dict) -> str:
+    """The side-by-side markdown table of ``results`` (name → measure's result)."""
+    lines = ["| method | samples/s | s/image | CPU µs/sample | share of GEMM | peak RSS |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | |")
+            continue
+        rate = f"{r['samples_per_s']:,.0f}"
+        if "server_samples_per_s" in r:
+            rate += (f" ({r['samples_per_s'] / r['server_samples_per_s']:.2f} of the server's "
+                     f"own {r['server_samples_per_s']:,.0f})")
+        lines.append(f"| {name} | {rate} | {r['seconds_per_image']:.3f} | "
+                     f"{r['cpu_us_per_sample']:,.0f} | "
+                     f"{100 * r['gemm_fraction']:.1f} % | {r['peak_rss_mb']:,.0f} MB |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -177,6 +222,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--methods", nargs="+", choices=sorted(RUNNERS), default=list(RUNNERS),
+                        help="which methods to run (default: all; art only when installed)")
     parser.add_argument("--child", choices=sorted(RUNNERS), default=None)
     args = parser.parse_args()
     if args.child:
@@ -191,26 +238,36 @@ def main() -> None:
         have_art = True
     except ImportError:
         have_art = False
-    results = {"bbzo": measure("bbzo", n, images, args.batch),
-               "bbzo over HTTP": measure("http", n, images, args.batch),
-               "loop": measure("loop", n, images, 1000)}
-    if have_art:
-        results["art (default batch 32)"] = measure("art", n, images, 32)
-        results[f"art (batch {args.batch})"] = measure("art", n, images, args.batch)
+    names = {"bbzo": "bbzo", "http": "bbzo over HTTP", "loop": "loop"}
+    results = {names[m]: measure(m, n, images, 1000 if m == "loop" else args.batch)
+               for m in names if m in args.methods}
+    if have_art and "art" in args.methods:
+        for batch in sorted({32, 256, args.batch}):
+            results[f"art (batch {batch})"] = measure("art", n, images, batch)
     for r in results.values():
         if "samples_per_s" in r:
             r["gemm_fraction"] = r["samples_per_s"] * flops / gemm
-    loop = results["loop"].get("samples_per_s")
+    loop = results.get("loop", {}).get("samples_per_s")
+    bbzo = results.get("bbzo", {}).get("samples_per_s", 0)
+    http = results.get("bbzo over HTTP", {})
+    art_best = max((r.get("samples_per_s", 0) for k, r in results.items()
+                    if k.startswith("art")), default=0) or None
     report = {"n": n, "images": images, "flops_per_image": flops, "gemm_flops_per_s": gemm,
               "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
               "art": "measured" if have_art else "not installed (pip install "
                      "adversarial-robustness-toolbox statsmodels)", "results": results,
-              "bbzo_vs_loop": results["bbzo"].get("samples_per_s", 0) / loop if loop else None,
-              "http_vs_server": results["bbzo over HTTP"].get("samples_per_s", 0)
-              / results["bbzo over HTTP"].get("server_samples_per_s", float("inf"))}
+              "bbzo_vs_loop": bbzo / loop if loop else None,
+              "bbzo_vs_art_best": bbzo / art_best if art_best else None,
+              "http_vs_server": http.get("samples_per_s", 0)
+              / http.get("server_samples_per_s", float("inf"))}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "certify.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    print(f"\nn = {n}, {images} image(s), {flops / 1e6:.2f} MFLOP/image, fp32 GEMM "
+          f"{gemm / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.1f}; bbzo / loop = {ratio(report['bbzo_vs_loop'])}, "
+          f"bbzo / best ART = {ratio(report['bbzo_vs_art_best'])}\n")
+    print(table(results))
 
 
 if __name__ == "__main__":

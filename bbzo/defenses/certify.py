@@ -4,8 +4,9 @@
 ``index``, ``label``, ``prediction``, ``radius``, ``correct``, ``abstain``, ``seconds``,
 ``queries``), ``summary.json`` (certified accuracy by radius, ACR, abstain rate, the largest
 certifiable radius for n, α, σ, totals), ``certified.png`` and the run's ``ledger.sqlite``.
-Every noisy input is one ledgered dense request through the query layer; an interrupted run
-resumes with ``resume=True`` without re-sending a completed query.
+Noisy inputs go through the query layer in ledgered blocks (``bbzo.defenses.smoothing``), each
+input counted as one query; an interrupted run resumes with ``resume=True`` without re-sending
+a completed block. A local torch classifier runs tuned (``TorchClassifier.tune``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.classifier import TorchClassifier
 from bbzo.defenses.data import check_name, load_dataset
 from bbzo.defenses.defense import Defense, resolve_model
 from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings, max_certifiable_radius
@@ -99,7 +101,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
         data: data set name or .npz file (``bbzo.defenses.data``).
         settings: σ, n0, n, α, batch (default ``SmoothingSettings()``; σ defaults to the
             defense's training σ when None is given for a defense).
-        max_queries: most requests sent by this call (ledger answers are free).
+        max_queries: most noisy inputs sent by this call (ledger answers are free).
         blackbox: replaces a defense's black-box spec.
     Returns:
         The summary (also in ``summary.json``).
@@ -116,6 +118,8 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     images = dataset.split(split)
     check_run_folder(out, resume=resume)
     target, defense = resolve_model(model, blackbox=blackbox, max_batch=settings.batch)
+    if isinstance(target, TorchClassifier):
+        target.tune = True
     check_fits(target, defense, images.x[0])
     count = len(images) if limit is None else min(limit, len(images))
     # What decides the results; the batch size and the budget may change on a resume.
@@ -126,10 +130,10 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     run.write_config(options, seed)
     results = results_name(mode)
     with Ledger(run.own("ledger.sqlite")) as ledger:
-        layer = QueryLayer(target, ledger=ledger, budget=max_queries)
+        layer = QueryLayer(target, ledger=ledger)
         smoothed = SmoothedClassifier(
             layer, settings, preprocess=None if defense is None else defense.preprocess,
-            seed=seed)
+            seed=seed, budget=max_queries)
         act = smoothed.certify if mode == "certify" else smoothed.predict
 
         def work(i: int) -> dict:
@@ -148,7 +152,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     summary = summarize(records, settings, mode)
     summary.update({"complete": len(records) == count and outcome.stopped is None,
                     "stopped": outcome.stopped, "errors": outcome.errors,
-                    "sent_this_call": layer.stats.sent, "cached_this_call": layer.stats.cached,
+                    "sent_this_call": smoothed.sent, "cached_this_call": smoothed.cached,
                     "files": [results, "summary.json", "certified.png", "ledger.sqlite"]})
     if mode == "certify":
         plot_panels(run.own("certified.png"), {"certified accuracy": {

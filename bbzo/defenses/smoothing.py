@@ -1,14 +1,18 @@
 """Randomized smoothing of a black-box classifier (Cohen et al. 2019): PREDICT and CERTIFY.
 
 The smoothed classifier g(x) = argmax_c P(f(pre(x + δ)) = c), δ ~ N(0, σ²I), where f is a
-classifier reached only through a ``QueryLayer`` (every noisy input is one dense ``classify``
-request: counted, budgeted, ledgered) and ``pre`` an optional local, white-box stage (a
-denoiser, an encoder + decoder) applied before the query.
+classifier reached only through a ``QueryLayer`` and ``pre`` an optional local, white-box
+stage (a denoiser, an encoder + decoder) applied before the query.
 
-Noise is drawn in fixed blocks of ``NOISE_BLOCK`` samples, each from its own generator seeded
-by (seed, image index, phase, block), and classified in batches of ``batch`` (never n copies in
-memory): the counts, hence the certificate, do not depend on the batch size, on the order of
-the images, or on a resume (a resumed image sends the same requests, answered by the ledger).
+Noise is drawn in fixed blocks of ``NOISE_BLOCK`` samples, each from its own torch generator
+seeded by (seed, image index, phase, block); each block of noisy inputs is one dense
+``classify`` request (inputs (k, C, H, W), answered with probabilities (k, classes)), so the
+ledger holds one row per block. Every noisy input counts as one query: ``budget`` (queries =
+noisy inputs) is checked before a submit against the blocks the ledger cannot answer, and
+``sent``/``cached`` count inputs. Blocks go out ``ceil(batch / NOISE_BLOCK)`` per submit (never
+n copies in memory); the requests, hence the counts and the certificate, do not depend on the
+batch size, on the order of the images, or on a resume (a resumed image sends the same blocks,
+the completed ones answered by the ledger).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from bbzo.blackbox.budget import Budget, as_budget
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.errors import InputError, TargetError
 from bbzo.runs.settings import check_fields
 
-NOISE_BLOCK = 500
+NOISE_BLOCK = 512  # noisy inputs per generator and per request
 SELECT, ESTIMATE = 0, 1  # noise phases: CERTIFY's selection draws (n0), estimation draws (n)
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,7 +56,7 @@ class SmoothingSettings:
         n0: selection samples of CERTIFY (the guess of the top class).
         n: estimation samples (CERTIFY) or samples (PREDICT).
         alpha: failure probability of the certificate / of PREDICT's test, in (0, 1).
-        batch: noisy inputs classified per query-layer submit.
+        batch: noisy inputs per query-layer submit (rounded up to whole noise blocks).
     """
 
     sigma: float = 0.25
@@ -89,19 +94,24 @@ def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))
 
 
+def block_seed(seed: int, index: int, phase: int, block: int) -> int:
+    """The 64-bit seed of one noise block, mixed from its coordinates (numpy SeedSequence)."""
+    state = np.random.SeedSequence([seed, index, phase, block]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
 def noise(seed: int, index: int, phase: int, start: int, stop: int, shape: tuple[int, ...],
           sigma: float) -> np.ndarray:
     """Noise samples ``start..stop`` (float32, (stop − start, *shape)) of image ``index``:
-    the same values whatever slices they are asked in."""
+    the same values whatever slices they are asked in (whole blocks are always drawn)."""
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    blocks = []
+    out = torch.empty((last - first + 1) * NOISE_BLOCK, *shape)
     for b in range(first, last + 1):
-        rng = np.random.default_rng([seed, index, phase, b])
-        blocks.append(rng.standard_normal((NOISE_BLOCK, *shape), dtype=np.float32))
+        generator = torch.Generator().manual_seed(block_seed(seed, index, phase, b))
+        lo = (b - first) * NOISE_BLOCK
+        torch.randn((NOISE_BLOCK, *shape), generator=generator, out=out[lo:lo + NOISE_BLOCK])
     offset = first * NOISE_BLOCK
-    out = np.concatenate(blocks)[start - offset:stop - offset]
-    out *= np.float32(sigma)
-    return out
+    return out[start - offset:stop - offset].mul_(sigma).numpy()
 
 
 @dataclass
@@ -123,23 +133,37 @@ class SmoothedClassifier:
         preprocess: local stage applied to noisy inputs (n, C, H, W) → (n, C', H', W')
             before the query; None sends the noisy inputs themselves.
         seed: seeds the noise (with the image index).
+        budget: most noisy inputs sent to the black box (a ``Budget`` whose queries count
+            inputs, or an int); ledger answers are free. A budget of the layer itself counts
+            requests (blocks).
+
+    Attributes:
+        sent: noisy inputs the black box classified for this object.
+        cached: noisy inputs answered from the ledger.
     """
 
     def __init__(self, layer: QueryLayer, settings: SmoothingSettings, *,
-                 preprocess: Preprocess | None = None, seed: int = 0) -> None:
+                 preprocess: Preprocess | None = None, seed: int = 0,
+                 budget: Budget | int | None = None) -> None:
         if not isinstance(layer, QueryLayer):
             raise InputError(f"layer must be a QueryLayer, got {type(layer).__name__}")
         self.layer = layer
         self.settings = settings
         self.preprocess = preprocess
         self.seed = int(seed)
+        self.budget = as_budget(budget)
+        self.sent = self.cached = 0
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
-        """Top classes (n,) of the black box for inputs (n, C, H, W), one dense request each."""
+        """Top classes (n,) of the black box for inputs (n, C, H, W): one dense request per
+        ``NOISE_BLOCK`` rows, sent in one submit after the budget is reserved."""
         if self.preprocess is not None:
             with torch.no_grad():
                 inputs = self.preprocess(torch.from_numpy(inputs)).numpy()
-        requests = Request.dense_batch("classify", "inputs", inputs[:, None])
+        requests = [Request("classify", {"inputs": inputs[i:i + NOISE_BLOCK]})
+                    for i in range(0, len(inputs), NOISE_BLOCK)]
+        sizes = [len(r.payload["inputs"]) for r in requests]
+        self._reserve(requests, sizes)
         responses = self.layer.submit(requests, all_or_nothing=True)
         try:
             probs = np.concatenate([np.asarray(r.output["probs"], dtype=np.float64)
@@ -148,17 +172,33 @@ class SmoothedClassifier:
             raise TargetError(f"{self.layer.target.id} answered without a 'probs' table; "
                               f"smoothing needs a classifier returning class probabilities") \
                 from None
-        if probs.ndim != 2 or len(probs) != len(requests):
+        if probs.ndim != 2 or len(probs) != len(inputs):
             raise TargetError(f"{self.layer.target.id} answered probabilities of shape "
-                              f"{probs.shape} for {len(requests)} inputs")
+                              f"{probs.shape} for {len(inputs)} inputs")
+        for size, response in zip(sizes, responses, strict=True):
+            if response.cached:
+                self.cached += size
+            else:
+                self.sent += size
         return probs.argmax(axis=1)
+
+    def _reserve(self, requests: list[Request], sizes: list[int]) -> None:
+        """Charge the budget for the inputs of the blocks the ledger cannot answer, or raise
+        ``BudgetExceeded`` before anything is sent."""
+        if self.budget.max_queries is None:
+            return
+        keys = [r.key(self.layer.target.id) for r in requests]
+        stored = self.layer.ledger.answers(keys) if self.layer.ledger is not None else {}
+        self.budget.reserve(queries=sum(size for key, size in zip(keys, sizes, strict=True)
+                                        if key not in stored))
 
     def counts(self, x: np.ndarray, index: int, phase: int, num: int) -> np.ndarray:
         """Class counts of the black box over ``num`` noisy copies of x (C, H, W)."""
         tally: dict[int, int] = {}
         x = np.asarray(x, dtype=np.float32)
-        for start in range(0, num, self.settings.batch):
-            stop = min(num, start + self.settings.batch)
+        step = NOISE_BLOCK * -(-self.settings.batch // NOISE_BLOCK)
+        for start in range(0, num, step):
+            stop = min(num, start + step)
             inputs = noise(self.seed, index, phase, start, stop, x.shape, self.settings.sigma)
             inputs += x
             for c, k in zip(*np.unique(self.classify(inputs), return_counts=True), strict=True):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from scipy.stats import binomtest, norm
 
 from bbzo.blackbox.query.layer import QueryLayer
+from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.serve.classifier import start_classifier_server
 from bbzo.blackbox.targets.spec import load_target
 from bbzo.cli.main import cli
@@ -23,7 +24,7 @@ from bbzo.defenses.smoothing import (
     max_certifiable_radius,
     noise,
 )
-from bbzo.errors import InputError
+from bbzo.errors import BudgetExceeded, InputError
 from bbzo.runs.settings import FieldError
 
 ARCH = textwrap.dedent('''
@@ -136,6 +137,25 @@ def test_noise_does_not_depend_on_slicing() -> None:
                             for a in range(0, 1234, 97)])
     assert np.array_equal(whole, parts)
     assert not np.array_equal(whole, noise(5, 3, 1, 0, 1234, (1, 4, 4), 0.5))
+
+
+def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> None:
+    target = load_target(f"torch:{arch}:brightness", device="cpu")
+    target.tune = True
+    x, s = np.full((1, 4, 4), 0.52, np.float32), settings(n0=10, n=1100, batch=700)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        first = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1)
+        cert = first.certify(x, 0)
+        assert (first.sent, first.cached, cert.queries) == (1110, 0, 1110)
+        assert ledger.summary().requests == 1 + 3  # blocks: 10 | 512 + 512 + 76
+        again = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1, budget=1)
+        assert again.certify(x, 0) == cert  # all from the ledger: free
+        assert (again.sent, again.cached) == (0, 1110)
+        short = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=2, budget=100)
+        with pytest.raises(BudgetExceeded, match="needs 1024"):  # 2 blocks per submit
+            short.certify(x, 0)
+        assert (short.sent, short.budget.queries) == (10, 10)
+        assert ledger.summary().requests == 4 + 1
 
 
 def test_same_certificates_across_batch_sizes(arch: str, images: str, tmp_path: Path) -> None:

@@ -238,3 +238,84 @@ def test_http_classifier_sends_dense_requests_as_json(server):
     assert Handler.posts == before + 1
     got = np.concatenate([r.output["probs"] for r in replies])
     assert np.allclose(got, softmax(X @ W), atol=1e-6)
+
+
+class Calls(torch.nn.Module):
+    """A small CNN (1×8×8 → 3) that counts the times its Python forward runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_tuned_forward_matches_the_module_in_padded_chunks():
+    images = np.random.default_rng(2).random((21, 1, 8, 8), dtype=np.float32)
+    plain = TorchClassifier(Calls(), "plain", device="cpu")
+    tuned = TorchClassifier(Calls(), "tuned", device="cpu", tune=True, chunk=8)
+    expected = plain.predict(images)
+    got = tuned.predict(images)  # chunks of 8, 8 and 5 (+ 3 zero rows)
+    assert got.shape == expected.shape == (21, 3)
+    assert np.allclose(got, expected, atol=1e-6)
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    calls = tuned.module.calls  # the module ran only to trace and check the graph
+    assert np.allclose(tuned.predict(images[:3]), expected[:3], atol=1e-6)
+    assert tuned.module.calls == calls  # the graph answered, not the module
+
+
+class DataDependent(torch.nn.Module):
+    """Python control flow on the data: a trace would freeze one branch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)[:, :3]
+        return flat if x.mean() > 0.5 else -flat
+
+
+def test_tuning_falls_back_to_the_module_when_the_trace_would_be_wrong():
+    bright = np.full((4, 1, 2, 2), 0.9, np.float32)
+    dark = np.full((4, 1, 2, 2), 0.1, np.float32)
+    t = TorchClassifier(DataDependent(), "dd", device="cpu", tune=True, outputs="logits")
+    plain = TorchClassifier(DataDependent(), "dd", device="cpu", outputs="logits")
+    assert np.allclose(t.predict(bright), plain.predict(bright))
+    assert np.allclose(t.predict(dark), plain.predict(dark))  # the other branch
+    assert t._graphs == {(1, 2, 2): None}
+    with pytest.raises(InputError, match="chunk"):
+        TorchClassifier(DataDependent(), "dd", chunk=0)
+
+
+def test_bbzo_server_switches_the_client_to_exact_base64_arrays():
+    from bbzo.blackbox.serve.classifier import start_classifier_server
+
+    images = np.random.default_rng(3).random((6, 1, 8, 8), dtype=np.float32)
+    local = TorchClassifier(Calls(), "local", device="cpu", outputs="logits")
+    with start_classifier_server(local) as server:
+        assert local.tune  # the server runs the tuned forward
+        expected = np.concatenate([local.predict(images[:2]), local.predict(images[2:])])
+        remote = HTTPClassifier(server.url, timeout=30)
+        assert remote.wire == "json"
+        first = remote.call([Request("classify", {"inputs": images[:2]})])
+        assert remote.wire == "base64"  # advertised by the first answer
+        second = remote.call([Request("classify", {"inputs": images[2:]})])
+        assert server.stats()["inputs"] == 6
+    got = np.concatenate([first[0].output["probs"], second[0].output["probs"]])
+    assert np.array_equal(got, expected)  # bytes on the wire: no rounding either way
+
+
+@pytest.mark.parametrize("obj", [
+    {"dtype": "<i4", "shape": [1], "base64": "AAAAAA=="},     # not a float dtype
+    {"dtype": "<f4", "shape": [2], "base64": "AAAAAA=="},     # 4 bytes for 2 floats
+    {"dtype": "<f4", "shape": [1], "base64": "not base64!"},  # bad characters
+    [1.0, 2.0],                                               # not an object
+])
+def test_decode_array_rejects_malformed_objects(obj):
+    from bbzo.blackbox.targets.classifier import decode_array
+
+    with pytest.raises(ValueError):
+        decode_array(obj)

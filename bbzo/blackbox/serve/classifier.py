@@ -1,7 +1,9 @@
 """``bbzo serve-classifier``: a classifier target behind the JSON endpoint ``HTTPClassifier``
 speaks, so the HTTP black-box path is exercised for real.
 
-POST ``/classify`` with ``{"inputs": [...]}`` (n, *input_shape) → ``{"probs": [[...]]}``;
+POST ``/classify`` with ``{"inputs": [...]}`` (n, *input_shape) → ``{"probs": [[...]]}``, or
+with ``{"inputs": encode_array(x)}`` → ``{"probs": encode_array(probs)}`` (every answer carries
+``X-Bbzo-Arrays: base64`` so ``HTTPClassifier`` switches to arrays after its first call);
 GET ``/stats`` → ``{"inputs": N, "calls": K, "model_seconds": S}`` (what the model did, for
 comparing a client's throughput with the server's own classification rate). Errors are JSON
 ``{"error": {"message": ...}}`` with status 400 (bad body), 413 (too large) or 500.
@@ -24,13 +26,20 @@ from starlette.routing import Route
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.serve.app import DEFAULT_HOST, listening_socket
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.classifier import (
+    ARRAYS_HEADER,
+    TorchClassifier,
+    decode_array,
+    encode_array,
+)
 from bbzo.errors import BbzoError, InputError
 
 MAX_CLASSIFY_BYTES = 64 << 20  # 1,000 MNIST images as JSON text are about 10 MB
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message}}, status_code=status)
+    return JSONResponse({"error": {"message": message}}, status_code=status,
+                        headers={ARRAYS_HEADER: "base64"})
 
 
 class _ClassifierApp:
@@ -43,23 +52,26 @@ class _ClassifierApp:
         self.asgi = Starlette(routes=[Route("/classify", self.classify, methods=["POST"]),
                                       Route("/stats", self.stats, methods=["GET"])])
 
-    def _answer(self, inputs: np.ndarray) -> list:
+    def _answer(self, inputs: np.ndarray) -> np.ndarray:
         with self.lock:
             start = time.perf_counter()
             [response] = self.target.call([Request("classify", {"inputs": inputs})])
             self.model_seconds += time.perf_counter() - start
             self.inputs += len(inputs)
             self.calls += 1
-        return np.asarray(response.output["probs"]).tolist()
+        return np.asarray(response.output["probs"], dtype=np.float64)
 
     async def classify(self, request: HttpRequest) -> JSONResponse:
         raw = await request.body()
         if len(raw) > self.max_body_bytes:
             return _error(413, f"body of {len(raw)} bytes is over {self.max_body_bytes}")
         try:
-            inputs = np.asarray(json.loads(raw)["inputs"], dtype=np.float32)
+            sent = json.loads(raw)["inputs"]
+            arrays = isinstance(sent, dict)
+            inputs = np.asarray(decode_array(sent) if arrays else sent, dtype=np.float32)
         except (ValueError, KeyError, TypeError):
-            return _error(400, 'send JSON {"inputs": [...]} shaped (n, *input_shape)')
+            return _error(400, 'send JSON {"inputs": [...]} shaped (n, *input_shape), or '
+                               '{"inputs": {"dtype": "<f4", "shape": [...], "base64": ...}}')
         try:
             probs = await asyncio.to_thread(self._answer, inputs)
         except BbzoError as err:
@@ -67,7 +79,8 @@ class _ClassifierApp:
         except Exception as err:  # noqa: BLE001 - the model failed on these inputs
             return _error(400, f"the model cannot classify inputs of shape {inputs.shape}: "
                                f"{' '.join(str(err).split())[:200]}")
-        return JSONResponse({"probs": probs})
+        return JSONResponse({"probs": encode_array(probs) if arrays else probs.tolist()},
+                            headers={ARRAYS_HEADER: "base64"})
 
     async def stats(self, request: HttpRequest) -> JSONResponse:
         return JSONResponse({"inputs": self.inputs, "calls": self.calls,
@@ -108,10 +121,13 @@ class ClassifierServer:
 
 def start_classifier_server(target: Target, *, host: str = DEFAULT_HOST, port: int = 0,
                             max_body_bytes: int = MAX_CLASSIFY_BYTES) -> ClassifierServer:
-    """Serve a local classifier target in a background thread; returns once it listens."""
+    """Serve a local classifier target in a background thread; returns once it listens.
+    A ``TorchClassifier`` is switched to its tuned forward (``tune = True``)."""
     if target.remote or "classify" not in target.capabilities:
         raise InputError(f"target {target.id} cannot be served as a classifier: give a "
                          f"classifier folder or torch:<file.py>:<factory>")
+    if isinstance(target, TorchClassifier):
+        target.tune = True
     sock = listening_socket(host, port)
     app = _ClassifierApp(target, max_body_bytes)
     config = uvicorn.Config(app.asgi, log_config=None, access_log=False, lifespan="off",

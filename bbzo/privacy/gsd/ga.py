@@ -5,7 +5,8 @@ scored incrementally from each child's parent.
 A child differs from its parent in one cell (row r, column c). Its marginal counts are the
 parent's with the old row's cell moved to the new row's cell in every workload containing c
 (workloads without c keep their cell, so they are untouched: a sparse delta of at most two
-cells per such workload; prefix workloads change in at most two rows of thresholds); its loss
+cells per such workload; interval workloads change in at most two rows of intervals,
+halfspaces in those the row enters or leaves); its loss
 ‖q(D′)/N′ − â‖² changes only in those entries (``changes`` of the query set). Children keep
 their table and counts as a ``Patch`` of the parent's arrays, copied in full only if the child
 becomes a parent itself.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bbzo.blackbox.zo.population import Brood, Child
-from bbzo.privacy.gsd.queries import Marginals, Prefix, Prefixes, QuerySet
+from bbzo.privacy.gsd.queries import Halfspaces, Intervals, Marginals, QuerySet, is_marginal
 
 
 class Patch:
@@ -91,15 +92,15 @@ def one_cell_crossover(firsts: list[Any], seconds: list[Any],
 class QueryFitness:
     """Batched objective over a ``Brood`` of synthetic tables (N′, m): the squared ℓ2 distance
     ‖counts/N′ − target‖² of their answers to ``target`` (cells,), the noisy answers, for a
-    query set (``Marginals``, ``Prefixes`` or a ``QuerySet`` of both).
+    query set (``Marginals``, ``Intervals``, ``Halfspaces`` or a ``QuerySet`` of them).
 
     ``Child.stats`` holds each candidate's counts (cells,) int32; a child with a parent and
     ``changes`` is scored from its parent's counts and loss (see the module docstring), any
     other candidate by a full count. ``rows_counted`` tallies the table rows read.
     """
 
-    def __init__(self, queries: Marginals | Prefixes | QuerySet, target: np.ndarray,
-                 rows: int) -> None:
+    def __init__(self, queries: Marginals | Intervals | Halfspaces | QuerySet,
+                 target: np.ndarray, rows: int) -> None:
         self.queries = queries
         self.target = np.asarray(target, dtype=np.float64)
         self.rows = rows
@@ -155,7 +156,7 @@ def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndar
     for j, size in enumerate(sizes):
         parts, weights = [], []
         for w, answers in measured.items():
-            if j in w and not isinstance(w, Prefix):
+            if is_marginal(w) and j in w:
                 shape = tuple(int(sizes[c]) for c in w)
                 axes = tuple(i for i, c in enumerate(w) if c != j)
                 parts.append(answers.reshape(shape).sum(axis=axes))

@@ -11,10 +11,10 @@ from bbzo.errors import InputError, PrivacyBudgetExceeded
 from bbzo.privacy.gsd.accounting import PrivacyLedger, gaussian_sigma
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
-    Marginals,
     HALFSPACE_BLOCK,
     Halfspace,
     Halfspaces,
+    Marginals,
     Prefix,
     Range,
     class_workloads,

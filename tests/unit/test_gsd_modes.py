@@ -150,19 +150,24 @@ class Killed(Exception):
 
 
 def test_a_killed_fit_resumes_without_measuring_or_charging_twice(tmp_path, monkeypatch):
-    settings = dict(queries="2way,3way", mode="hybrid", rows=40, generations=600, rounds=2,
-                    top_k=1, patience=10_000, checkpoint_every=50, seed=3)
+    settings = dict(queries="2way,3way", mode="hybrid", rows=30, generations=150, rounds=2,
+                    top_k=1, patience=10_000, checkpoint_every=10, seed=3)
     data = codes_table()
     whole = PrivateGSD(1.0, **settings).fit(data, SIZES, run=RunFolder(tmp_path / "whole"))
 
-    def kill(label, nit, total):
-        if label == "stage 2/3" and nit == 100:
+    save = synthesizer.save_checkpoint
+
+    def save_then_die(run, state):  # killed right after stage 2's checkpoint at generation 20
+        save(run, state)
+        if state["stage"] == 1 and state["used"] == 20:
             raise Killed
 
     killed = RunFolder(tmp_path / "killed")
+    monkeypatch.setattr(synthesizer, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        PrivateGSD(1.0, **settings).fit(data, SIZES, run=killed, progress=kill)
-    assert len(killed.read_jsonl(LEDGER_FILE)) == 10 + 2 * 2  # stages 1 and 2 measured
+        PrivateGSD(1.0, **settings).fit(data, SIZES, run=killed)
+    monkeypatch.undo()
+    assert len(killed.read_jsonl(LEDGER_FILE)) == 10 + 2  # stages 1 and 2 measured
     measures = []
     original = synthesizer.gaussian_measure
 

@@ -68,6 +68,24 @@ def test_replace_one_sensitivity_bound_is_attained_and_never_exceeded():
     assert marginal_sensitivity(40) == pytest.approx(math.sqrt(2) / 40)
 
 
+def assert_changes_match_recount(q, table, rng, rows=30):
+    """Each row's ``changes`` applied to the counts equals a full recount after the change."""
+    counts = q.counts(table)
+    old = table[:rows]
+    new = old.copy()
+    cols = rng.integers(0, table.shape[1], rows)
+    new[np.arange(rows), cols] = rng.integers(0, SIZES[cols])
+    index, steps = q.changes(old, new)
+    for k in range(rows):
+        changed = table.copy()
+        changed[k] = new[k]
+        moved = counts.copy()
+        np.add.at(moved, index[k], steps[k])
+        np.testing.assert_array_equal(moved, q.counts(changed))
+        nonzero = index[k][steps[k] != 0]
+        assert len(set(nonzero.tolist())) == len(nonzero)
+
+
 def test_prefix_counts_changes_and_sensitivity():
     rng = np.random.default_rng(5)
     workloads = class_workloads(3, "prefix")
@@ -82,19 +100,7 @@ def test_prefix_counts_changes_and_sensitivity():
         brute = [np.sum((table[:, a] == c) & (table[:, j] <= t))
                  for c in range(SIZES[a]) for t in range(SIZES[j])]
         np.testing.assert_array_equal(counts[part], brute)
-    old = table[:40]
-    new = old.copy()
-    cols = rng.integers(0, 3, 40)
-    new[np.arange(40), cols] = rng.integers(0, SIZES[cols])
-    index, steps = q.changes(old, new)
-    for k in range(40):
-        changed = table.copy()
-        changed[k] = new[k]
-        moved = counts.copy()
-        np.add.at(moved, index[k], steps[k])
-        np.testing.assert_array_equal(moved, q.counts(changed))
-        nonzero = index[k][steps[k] != 0]
-        assert len(set(nonzero.tolist())) == len(nonzero)  # a repeated entry has step 0
+    assert_changes_match_recount(q, table, rng, rows=40)
     assert sensitivity(Prefix(0, 2), SIZES, 60) == pytest.approx(math.sqrt(8) / 60)
     assert sensitivity((0, 2), SIZES, 60) == pytest.approx(math.sqrt(2) / 60)
 
@@ -109,24 +115,6 @@ def test_prefix_sensitivity_bound_is_attained_and_never_exceeded():
     old_row = table[0].copy()
     table[0] = [0, old_row[1], 0]
     assert np.linalg.norm(q.answers(table) - q.answers(other)) == pytest.approx(bound)
-
-
-def assert_changes_match_recount(q, table, rng):
-    """Each row's ``changes`` applied to the counts equals a full recount after the change."""
-    counts = q.counts(table)
-    old = table[:30]
-    new = old.copy()
-    cols = rng.integers(0, table.shape[1], 30)
-    new[np.arange(30), cols] = rng.integers(0, SIZES[cols])
-    index, steps = q.changes(old, new)
-    for k in range(30):
-        changed = table.copy()
-        changed[k] = new[k]
-        moved = counts.copy()
-        np.add.at(moved, index[k], steps[k])
-        np.testing.assert_array_equal(moved, q.counts(changed))
-        nonzero = index[k][steps[k] != 0]
-        assert len(set(nonzero.tolist())) == len(nonzero)
 
 
 def test_range_counts_changes_and_sensitivity():

@@ -68,10 +68,13 @@ def fit(data: Path, domain_file: Path, epsilon: float, delta: float | None, quer
     except InputError as error:
         raise click.UsageError(str(error)) from None
     run = open_run(out, resume=resume, command="synth")
-    run.write_config({"data": str(data), "domain": str(domain_file), "epsilon": epsilon,
-                      "delta": delta, "queries": queries, "mode": mode, "rows": rows,
-                      "generations": generations, "rounds": rounds, "top_k": top_k,
-                      "max_workloads": max_workloads, **shares, "evaluate": evaluate}, seed)
+    try:
+        run.write_config({"data": str(data), "domain": str(domain_file), "epsilon": epsilon,
+                          "delta": delta, "queries": queries, "mode": mode, "rows": rows,
+                          "generations": generations, "rounds": rounds, "top_k": top_k,
+                          "max_workloads": max_workloads, **shares, "evaluate": evaluate}, seed)
+    except InputError as error:  # a resume with other settings
+        raise click.UsageError(str(error)) from None
     with progress_bars() as progress:
         summary = fit_to_run(gsd, codes, domain, run, order=list(columns), evaluate=evaluate,
                              progress=progress, resume=run.resumed)

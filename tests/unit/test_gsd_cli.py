@@ -56,6 +56,22 @@ def test_fit_writes_the_run_folder(files):
     assert lines[0] == "c,a,b" and len(lines) == 51
 
 
+def test_resume_of_a_finished_fit_charges_nothing_more(files):
+    tmp, data, domain = files
+    out = tmp / "run"
+    args = ["synth", "fit", "--data", data, "--domain", domain, "--epsilon", 1.0, "--mode",
+            "hybrid", "--out", out, "--seed", 3, "--json", *FAST]
+    assert invoke(*args).exit_code == 0
+    ledger = (out / "privacy_ledger.jsonl").read_text()
+    synthetic = (out / "synthetic.csv").read_bytes()
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (out / "privacy_ledger.jsonl").read_text() == ledger
+    assert (out / "synthetic.csv").read_bytes() == synthetic
+    changed = invoke(*[a if a != 1.0 else 2.0 for a in args], "--resume")
+    assert changed.exit_code == 2 and "other settings" in changed.stderr
+
+
 @pytest.mark.parametrize("mode", ["oneshot", "adaptive", "hybrid"])
 def test_outputs_depend_on_the_data_only_through_the_mechanisms(files, monkeypatch, mode):
     """With the mechanisms replaced by data-blind stand-ins (fixed noise, fixed choice), two

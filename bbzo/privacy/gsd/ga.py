@@ -145,15 +145,23 @@ class QueryFitness:
 
 
 def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndarray],
-                   rows: int, rng: np.random.Generator) -> np.ndarray:
+                   rows: int, rng: np.random.Generator, *, table: np.ndarray | None = None,
+                   columns: Sequence[int] | None = None) -> np.ndarray:
     """A starting table (rows, m) whose columns are drawn independently from the 1-way
     marginals implied by the noisy marginal answers (each workload's answers summed over its other
     columns, averaged over the workloads containing the column with weights inverse to the
     cells summed (noise variance), negatives clipped; uniform
-    for a column no workload contains). Post-processing of private answers only."""
+    for a column no workload contains). Post-processing of private answers only.
+
+    With ``table`` and ``columns``: a copy of ``table`` with only those columns redrawn (the
+    warm start of an adaptive round whose answers first cover them)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    table = np.empty((rows, len(sizes)), dtype=code_dtype(sizes))
-    for j, size in enumerate(sizes):
+    if table is None:
+        table = np.empty((rows, len(sizes)), dtype=code_dtype(sizes))
+    else:
+        table = table.copy()
+    for j in range(len(sizes)) if columns is None else columns:
+        size = int(sizes[j])
         parts, weights = [], []
         for w, answers in measured.items():
             if is_marginal(w) and j in w:
@@ -166,3 +174,8 @@ def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndar
         p = p / p.sum() if p.sum() > 0 else np.full(size, 1.0 / size)
         table[:, j] = rng.choice(size, size=rows, p=p)
     return table
+
+
+def covered_columns(measured: dict[tuple[int, ...], np.ndarray]) -> set[int]:
+    """Columns some measured marginal workload contains."""
+    return {int(c) for w in measured if is_marginal(w) for c in w}

@@ -23,7 +23,10 @@ warm-started from the previous stage's table:
   halfspace) is asked; then T adaptive rounds on the other classes with the rest.
 
 The GA starts from a table drawn from the 1-way marginals implied by the first noisy answers
-(``ga.marginal_start``: post-processing, no extra budget). With a run folder each stage's
+(``ga.marginal_start``: post-processing, no extra budget); an adaptive round whose answers
+first cover a column redraws that column the same way before its GA (a column no fitted
+workload held is uniform noise: redrawing it loses nothing and saves the GA thousands of
+generations). With a run folder each stage's
 measurements are saved before its GA starts and the GA checkpoints every
 ``checkpoint_every`` generations (``checkpoint``), so ``fit(..., resume=True)`` never measures
 twice.
@@ -61,6 +64,7 @@ from bbzo.privacy.gsd.ga import (
     QueryFitness,
     as_array,
     code_dtype,
+    covered_columns,
     marginal_start,
     one_cell_crossover,
     one_cell_mutation,
@@ -316,8 +320,13 @@ class PrivateGSD:
                     measured.update(self._measure(codes, oneshot, rho_oneshot / len(oneshot),
                                                   rng))
                 else:
+                    covered = covered_columns(measured)
                     table = self._select_and_measure(codes, adaptive, measured, table, k,
                                                      per_round, rng, label)
+                    fresh = sorted(covered_columns(measured) - covered)
+                    if stage > 0 and fresh:  # warm start: columns first measured now
+                        table = marginal_start(sizes, measured, self.rows, rng, table=table,
+                                               columns=fresh)
                 if table is None or (stage == 0 and not oneshot):
                     table = marginal_start(sizes, measured, self.rows, rng)
                 seed, resumed = int(rng.integers(2 ** 31)), None

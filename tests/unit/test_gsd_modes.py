@@ -15,7 +15,14 @@ from bbzo.errors import InputError
 from bbzo.privacy.gsd.accounting import LEDGER_FILE
 from bbzo.privacy.gsd.checkpoint import load_stage
 from bbzo.privacy.gsd.domain import Domain
-from bbzo.privacy.gsd.ga import QueryFitness, as_array, one_cell_crossover, one_cell_mutation
+from bbzo.privacy.gsd.ga import (
+    QueryFitness,
+    as_array,
+    covered_columns,
+    marginal_start,
+    one_cell_crossover,
+    one_cell_mutation,
+)
 from bbzo.privacy.gsd.queries import (
     Halfspace,
     Range,
@@ -59,6 +66,17 @@ def test_incremental_fitness_equals_a_full_count_for_range_and_halfspaces():
         table = as_array(kid.value)
         np.testing.assert_array_equal(as_array(kid.stats), q.counts(table))
         assert loss == pytest.approx(np.sum((q.answers(table) - target) ** 2), abs=1e-12)
+
+
+def test_adaptive_warm_start_redraws_only_newly_covered_columns():
+    table = np.zeros((4000, 3), dtype=np.uint8)
+    measured = {(1, 2): np.array([0.1, 0.0, 0.2, 0.7, 0.0, 0.0]), Range(-1, 0): np.ones(6)}
+    assert covered_columns(measured) == {1, 2}
+    out = marginal_start([3, 2, 3], measured, 4000, np.random.default_rng(0), table=table,
+                         columns=[1])
+    assert (table == 0).all() and (out[:, [0, 2]] == 0).all()  # a copy; other columns kept
+    np.testing.assert_allclose(np.bincount(out[:, 1], minlength=2) / 4000, [0.3, 0.7],
+                               atol=0.03)
 
 
 def test_hybrid_spends_its_split_and_never_more_than_the_budget():

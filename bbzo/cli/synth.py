@@ -36,21 +36,24 @@ def synth() -> None:
 @click.option("--generations", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Most GA generations in all.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
-              help="Adaptive rounds T [default: workloads / top-k, at most 10].")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Workloads selected and measured per adaptive round.")
+              help="Adaptive rounds T [default: 3].")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Workloads selected and measured per adaptive round [default: workloads / "
+                   "rounds].")
 @click.option("--max-workloads", type=click.IntRange(min=1), default=None,
               help="One-shot: measure at most this many workloads per class (a public random "
                    "subset) [default: as many as 4,194,304 cells allow].")
 @click.option("--select-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=None, help="Share of each adaptive round's privacy spent selecting.")
+              default=None,
+              help="Share of each adaptive round's privacy spent selecting [default: 0.1].")
 @click.option("--oneshot-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=None, help="Share of the privacy budget hybrid mode measures one-shot.")
+              default=None,
+              help="Share of the privacy budget hybrid mode measures one-shot [default: 0.5].")
 @click.option("--evaluate", is_flag=True,
               help="Add marginal errors against the true data to the summary (NOT private).")
 @run_options
 def fit(data: Path, domain_file: Path, epsilon: float, delta: float | None, queries: str,
-        mode: str, rows: int, generations: int, rounds: int | None, top_k: int,
+        mode: str, rows: int, generations: int, rounds: int | None, top_k: int | None,
         max_workloads: int | None, select_share: float | None, oneshot_share: float | None,
         evaluate: bool, out: Path | None, seed: int, resume: bool, json_output: bool) -> None:
     """Fit a private synthetic table; writes synthetic.csv, privacy_ledger.jsonl,

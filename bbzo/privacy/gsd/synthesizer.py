@@ -15,9 +15,10 @@ warm-started from the previous stage's table:
   drawn from a public seed (``[seed, 1]``, never the data) until the cells are used up, or of
   ``max_workloads`` workloads; ``summary_["workload_selection"]`` says which.
 * ``adaptive``: T rounds of ρ/T each: ``select_share`` of it selects K unmeasured workloads by
-  Gumbel top-K on their current largest error (sensitivity 1/N), the rest measures them; a
-  workload whose cells would overflow ``MAX_CELLS`` is not a candidate (cell counts are
-  public).
+  Gumbel top-K on their current largest error (sensitivity 1/N), the rest measures them. A
+  round's candidates are the workloads of at most (``FIT_CELLS`` − cells measured so far)/K
+  cells (cell counts are public), so the fitted answers never exceed ``FIT_CELLS``; a round
+  left without candidates measures nothing (its ρ stays unspent).
 * ``hybrid``: a one-shot stage on the cheap classes with ``oneshot_share`` of ρ: the 1-way
   marginals of every column, plus 2-way when a costlier class (3way, prefix, range,
   halfspace) is asked; then T adaptive rounds on the other classes with the rest.
@@ -72,7 +73,6 @@ from bbzo.privacy.gsd.ga import (
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
     HALFSPACE_BLOCKS,
-    MAX_CELLS,
     Workload,
     cells,
     class_workloads,
@@ -87,6 +87,8 @@ from bbzo.runs import RunFolder
 
 MODES = ("oneshot", "adaptive", "hybrid")
 ONESHOT_CELLS = 1 << 22  # answers a one-shot stage measures at most (GA speed and memory)
+FIT_CELLS = 1 << 22  # answers the adaptive rounds let the GA fit at most
+DEFAULT_ROUNDS = 3  # adaptive rounds (tuned on adult at ε = 1, see the README)
 CHEAP_CLASSES = ("1way", "2way")  # measured one-shot in hybrid mode
 MARGINAL_CLASSES = ("1way", "2way", "3way")  # what evaluate.marginal_errors reports
 Progress = Callable[[str, int, int], None]
@@ -103,8 +105,9 @@ class PrivateGSD:
         mode: "oneshot", "adaptive" or "hybrid" (module docstring).
         rows: synthetic rows N′.
         generations: most GA generations in all (split evenly over the stages).
-        rounds: adaptive rounds T (default: ⌈workloads / top_k⌉, at most 10).
-        top_k: workloads selected per adaptive round.
+        rounds: adaptive rounds T (default: ``DEFAULT_ROUNDS``, at most workloads / top_k).
+        top_k: workloads selected per adaptive round (default: ⌊workloads / T⌋, so that the
+            rounds together can measure nearly every workload).
         elite: elite size of the population search; children: children per generation (half
             mutations, half crossovers).
         patience: stop a GA fit when its loss improved by less than ``tolerance`` (relative)
@@ -125,9 +128,9 @@ class PrivateGSD:
     def __init__(self, epsilon: float, delta: float | None = None, *,
                  queries: str | tuple[str, ...] = ("2way",), mode: str = "oneshot",
                  rows: int = 2000, generations: int = 20000, rounds: int | None = None,
-                 top_k: int = 5, elite: int = 5, children: int = 100,
+                 top_k: int | None = None, elite: int = 5, children: int = 100,
                  patience: int | None = None, tolerance: float = 1e-4, seed: int = 0,
-                 select_share: float = 0.5, oneshot_share: float = 0.5,
+                 select_share: float = 0.1, oneshot_share: float = 0.5,
                  max_workloads: int | None = None, halfspaces: int = HALFSPACE_BLOCKS,
                  checkpoint_every: int = 1000) -> None:
         self.epsilon = positive("epsilon", epsilon)
@@ -137,7 +140,7 @@ class PrivateGSD:
         self.rows = int_at_least("rows", rows, 2)
         self.generations = int_at_least("generations", generations)
         self.rounds = None if rounds is None else int_at_least("rounds", rounds)
-        self.top_k = int_at_least("top_k", top_k)
+        self.top_k = None if top_k is None else int_at_least("top_k", top_k)
         self.elite = int_at_least("elite", elite)
         self.children = int_at_least("children", children)
         self.patience = int_at_least("patience", patience if patience is not None else rows)
@@ -255,15 +258,20 @@ class PrivateGSD:
     def _schedule(self, workloads: list[Workload], sizes: np.ndarray) -> tuple[int, int]:
         """Adaptive (rounds, workloads per round); refuses a schedule whose smallest
         workloads could not all be measured within ``MAX_CELLS``."""
-        k = min(self.top_k, len(workloads))
-        rounds = self.rounds or min(10, -(-len(workloads) // k))
+        w = len(workloads)
+        if self.top_k is None:
+            rounds = min(self.rounds or DEFAULT_ROUNDS, w)
+            k = max(1, w // rounds)
+        else:
+            k = min(self.top_k, w)
+            rounds = self.rounds or max(1, min(DEFAULT_ROUNDS, w // k))
         if rounds * k > len(workloads):
             raise InputError(f"{rounds} rounds of {k} workloads need {rounds * k} workloads, "
                              f"the query classes give {len(workloads)}; lower rounds or top_k")
         smallest = sorted(cells(w, sizes) for w in workloads)[:rounds * k]
-        if sum(smallest) > MAX_CELLS:
+        if sum(smallest) > FIT_CELLS:
             raise InputError(f"{rounds} rounds of {k} workloads measure at least "
-                             f"{sum(smallest):,} cells, more than {MAX_CELLS:,}; lower rounds "
+                             f"{sum(smallest):,} cells, more than {FIT_CELLS:,}; lower rounds "
                              f"or top_k, or use coarser numeric bins")
         return rounds, k
 
@@ -349,9 +357,11 @@ class PrivateGSD:
         sizes, numeric = self.domain_.sizes, numeric_columns(self.domain_)
         if table is None:
             table = rng.integers(0, sizes, (self.rows, len(sizes))).astype(code_dtype(sizes))
-        room = MAX_CELLS - sum(a.size for a in measured.values())
+        room = (FIT_CELLS - sum(a.size for a in measured.values())) // k
         left = [w for w in candidates if w not in measured and cells(w, sizes) <= room]
         k = min(k, len(left))
+        if k == 0:
+            return table
         errors = workload_max_errors(sizes, left, codes, table, numeric=numeric)
         picked = gumbel_top_k(errors, k, sensitivity=1.0 / len(codes),
                               rho=rho * self.select_share, ledger=self.ledger_,

@@ -41,6 +41,14 @@ def test_rich_form_bins_numbers_and_maps_categories(tmp_path):
                               "age": ["5", "35", "95"]}
 
 
+def test_a_code_array_is_checked_as_codes_in_every_column_kind():
+    domain = Domain.from_dict(RICH)
+    codes = np.array([[1, 0, 3], [0, 9, 0]])
+    np.testing.assert_array_equal(domain.encode(codes), codes)
+    with pytest.raises(InputError, match="column 'age', data row 2: value 10"):
+        domain.encode(np.array([[1, 0, 3], [0, 10, 0]]))
+
+
 def test_numeric_column_with_the_users_bin_edges():
     domain = Domain.from_dict({"columns": {"age": {"type": "numeric",
                                                    "bins": [0, 18, 30, 65, 100]}}})

@@ -142,7 +142,7 @@ class Domain:
                 raise InputError(f"a code array must have shape (N, {len(self)}), got "
                                  f"{data.shape}")
             as_codes = Domain([Column(c.name, "codes", c.size) for c in self.columns])
-            return as_codes.encode({n: data[:, j] for j, n in enumerate(self.names)})
+            return as_codes.encode({n: data[:, j].tolist() for j, n in enumerate(self.names)})
         columns = read_columns(data)
         missing = [n for n in self.names if n not in columns]
         extra = [n for n in columns if n not in self.names]

@@ -106,8 +106,8 @@ class PrivateGSD:
         rows: synthetic rows N′.
         generations: most GA generations in all (split evenly over the stages).
         rounds: adaptive rounds T (default: ``DEFAULT_ROUNDS``, at most workloads / top_k).
-        top_k: workloads selected per adaptive round (default: ⌊workloads / T⌋, so that the
-            rounds together can measure nearly every workload).
+        top_k: workloads selected per adaptive round (default: ⌊n / T⌋ for the n smallest
+            workloads whose cells fit ``FIT_CELLS``: nearly every workload when they all fit).
         elite: elite size of the population search; children: children per generation (half
             mutations, half crossovers).
         patience: stop a GA fit when its loss improved by less than ``tolerance`` (relative)
@@ -259,9 +259,10 @@ class PrivateGSD:
         """Adaptive (rounds, workloads per round); refuses a schedule whose smallest
         workloads could not all be measured within ``MAX_CELLS``."""
         w = len(workloads)
-        if self.top_k is None:
+        if self.top_k is None:  # as many as the smallest workloads' cells allow
             rounds = min(self.rounds or DEFAULT_ROUNDS, w)
-            k = max(1, w // rounds)
+            fitting = np.cumsum(sorted(cells(x, sizes) for x in workloads)) <= FIT_CELLS
+            k = max(1, int(fitting.sum()) // rounds)
         else:
             k = min(self.top_k, w)
             rounds = self.rounds or max(1, min(DEFAULT_ROUNDS, w // k))

@@ -113,6 +113,21 @@ def test_oneshot_measures_a_public_random_subset_of_a_class_too_large(monkeypatc
     assert len(capped.fit(codes_table(), SIZES).ledger_.charges) == 2
 
 
+def test_adaptive_default_k_fits_the_smallest_workloads_and_rounds_stay_within_cells(
+        monkeypatch):
+    monkeypatch.setattr(synthesizer, "FIT_CELLS", 80)  # 3-way cells: 24, 18, 36, 24
+    gsd = PrivateGSD(1.0, queries="3way", mode="adaptive", rounds=2, rows=30, generations=60)
+    gsd.fit(codes_table(), SIZES)
+    note = gsd.summary_["workload_selection"]["adaptive"]
+    assert (note["rounds"], note["top_k"], note["of"]) == (2, 1, 4)  # 18 + 24 + 24 ≤ 80 → 3 // 2
+    measured = [c.workload for c in gsd.ledger_.charges if c.mechanism == "gaussian"]
+    sizes = {"a,b,c": 24, "a,b,d": 18, "a,c,d": 36, "b,c,d": 24}
+    assert len(measured) == 2 and sum(sizes[w] for w in measured) <= 80
+    with pytest.raises(InputError, match="measure at least 102 cells, more than 80"):
+        PrivateGSD(1.0, queries="3way", mode="adaptive", top_k=4, rounds=1).check(
+            codes_table(), SIZES)
+
+
 def test_range_and_halfspace_noise_has_the_stated_sigma(tmp_path):
     data = rich_table(rows=300)
     run = RunFolder(tmp_path / "run")

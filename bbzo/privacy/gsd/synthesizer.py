@@ -204,9 +204,9 @@ class PrivateGSD:
         """The workloads measured one-shot, the adaptive candidates and how the one-shot ones
         were chosen (per class: measured, of, how); refuses a plan that cannot fit."""
         if self.mode == "adaptive":
-            self._schedule(workloads, domain.sizes)
-            return [], workloads, {"adaptive": "Gumbel top-K selection, rounds x top_k"}
+            return [], workloads, {"adaptive": self._adaptive_note(workloads, domain.sizes)}
         by_class = {q: self.workloads_of(domain, q) for q in self.queries}
+        adaptive: list[Workload] = []
         if self.mode == "hybrid":
             costly = [q for q in self.queries if q not in CHEAP_CLASSES]
             cheap = ["1way", *(q for q in self.queries if q in CHEAP_CLASSES and costly)]
@@ -216,13 +216,17 @@ class PrivateGSD:
                                  "add 2way to --queries or use --mode oneshot")
             by_class = {q: self.workloads_of(domain, q) for q in dict.fromkeys(cheap)}
             adaptive = ordered([w for q in rest for w in self.workloads_of(domain, q)])
-            self._schedule(adaptive, domain.sizes)
-        else:
-            adaptive = []
         oneshot, selection = self._oneshot_subset(by_class, domain.sizes)
         if adaptive:
-            selection["adaptive"] = f"Gumbel top-K selection among {len(adaptive)} workloads"
+            selection["adaptive"] = self._adaptive_note(adaptive, domain.sizes)
         return oneshot, adaptive, selection
+
+    def _adaptive_note(self, workloads: list[Workload], sizes: np.ndarray) -> dict:
+        """How the adaptive rounds choose among ``workloads`` (``_schedule`` checks them)."""
+        rounds, k = self._schedule(workloads, sizes)
+        return {"rounds": rounds, "top_k": k, "of": len(workloads),
+                "how": "Gumbel top-K (exponential mechanism) on each unmeasured workload's "
+                       "current largest error"}
 
     def _oneshot_subset(self, by_class: dict[str, list[Workload]], sizes: np.ndarray
                         ) -> tuple[list[Workload], dict]:

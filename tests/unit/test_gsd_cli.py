@@ -12,7 +12,8 @@ from bbzo.cli.main import cli
 from bbzo.runs import MANIFEST
 
 DOMAIN = {"a": 3, "b": 2, "c": 4}
-FILES = {MANIFEST, "config.json", "privacy_ledger.jsonl", "synthetic.csv", "summary.json"}
+FILES = {MANIFEST, "config.json", "privacy_ledger.jsonl", "measurements.npz", "checkpoint.pkl",
+         "synthetic.csv", "summary.json"}
 FAST = ["--rows", "50", "--generations", "60"]
 
 
@@ -55,7 +56,23 @@ def test_fit_writes_the_run_folder(files):
     assert lines[0] == "c,a,b" and len(lines) == 51
 
 
-@pytest.mark.parametrize("mode", ["oneshot", "adaptive"])
+def test_resume_of_a_finished_fit_charges_nothing_more(files):
+    tmp, data, domain = files
+    out = tmp / "run"
+    args = ["synth", "fit", "--data", data, "--domain", domain, "--epsilon", 1.0, "--mode",
+            "hybrid", "--out", out, "--seed", 3, "--json", *FAST]
+    assert invoke(*args).exit_code == 0
+    ledger = (out / "privacy_ledger.jsonl").read_text()
+    synthetic = (out / "synthetic.csv").read_bytes()
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (out / "privacy_ledger.jsonl").read_text() == ledger
+    assert (out / "synthetic.csv").read_bytes() == synthetic
+    changed = invoke(*[a if a != 1.0 else 2.0 for a in args], "--resume")
+    assert changed.exit_code == 2 and "other settings" in changed.stderr
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "adaptive", "hybrid"])
 def test_outputs_depend_on_the_data_only_through_the_mechanisms(files, monkeypatch, mode):
     """With the mechanisms replaced by data-blind stand-ins (fixed noise, fixed choice), two
     different private tables of one size must give byte-identical outputs: nothing else
@@ -97,11 +114,11 @@ def test_outputs_depend_on_the_data_only_through_the_mechanisms(files, monkeypat
     ({"args": ["--epsilon", "0"]}, "epsilon"),
     ({"args": ["--delta", "1.0"]}, "delta"),
     ({"args": ["--delta", "0"]}, "delta"),
-    ({"args": ["--queries", "2way,halfspace"]}, "unknown query class"),
+    ({"args": ["--queries", "2way,4way"]}, "unknown query class"),
     ({"rows": []}, "no rows"),
     ({"domain": "not json"}, "not valid JSON"),
     ({"args": ["--mode", "adaptive", "--rounds", "3", "--top-k", "2"]}, "6 workloads"),
-    ({"args": ["--resume"]}, "cannot resume"),
+    ({"args": ["--queries", "range"]}, "numeric column"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(files, change, message):
     tmp, data, domain = files

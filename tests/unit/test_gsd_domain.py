@@ -41,6 +41,30 @@ def test_rich_form_bins_numbers_and_maps_categories(tmp_path):
                               "age": ["5", "35", "95"]}
 
 
+def test_a_code_array_is_checked_as_codes_in_every_column_kind():
+    domain = Domain.from_dict(RICH)
+    codes = np.array([[1, 0, 3], [0, 9, 0]])
+    np.testing.assert_array_equal(domain.encode(codes), codes)
+    with pytest.raises(InputError, match="column 'age', data row 2: value 10"):
+        domain.encode(np.array([[1, 0, 3], [0, 10, 0]]))
+
+
+def test_numeric_column_with_the_users_bin_edges():
+    domain = Domain.from_dict({"columns": {"age": {"type": "numeric",
+                                                   "bins": [0, 18, 30, 65, 100]}}})
+    assert domain.sizes.tolist() == [4]
+    codes = domain.encode({"age": [0, 17.9, 18, 64, 65, 100]})
+    assert codes[:, 0].tolist() == [0, 0, 1, 2, 3, 3]
+    assert domain.decode(codes)["age"] == ["9", "9", "24", "47.5", "82.5", "82.5"]
+    with pytest.raises(InputError, match="'age', data row 1: value -1"):
+        domain.encode({"age": [-1]})
+    for bad in ([5], [0, 10, 10], [0, "x"]):
+        with pytest.raises(InputError, match="increasing numbers"):
+            Domain.from_dict({"columns": {"age": {"type": "numeric", "bins": bad}}})
+    with pytest.raises(InputError, match="differs from the bin edge"):
+        Domain.from_dict({"columns": {"age": {"type": "numeric", "max": 90, "bins": [0, 100]}}})
+
+
 @pytest.mark.parametrize("column, values, shown", [
     ("sex", ["M", "X"], "'X'"),
     ("age", ["3", "101"], "'101'"),

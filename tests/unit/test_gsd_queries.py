@@ -11,8 +11,12 @@ from bbzo.errors import InputError, PrivacyBudgetExceeded
 from bbzo.privacy.gsd.accounting import PrivacyLedger, gaussian_sigma
 from bbzo.privacy.gsd.mechanisms import gaussian_measure, gumbel_top_k
 from bbzo.privacy.gsd.queries import (
+    HALFSPACE_BLOCK,
+    Halfspace,
+    Halfspaces,
     Marginals,
     Prefix,
+    Range,
     class_workloads,
     marginal_sensitivity,
     parse_query_classes,
@@ -64,6 +68,24 @@ def test_replace_one_sensitivity_bound_is_attained_and_never_exceeded():
     assert marginal_sensitivity(40) == pytest.approx(math.sqrt(2) / 40)
 
 
+def assert_changes_match_recount(q, table, rng, rows=30):
+    """Each row's ``changes`` applied to the counts equals a full recount after the change."""
+    counts = q.counts(table)
+    old = table[:rows]
+    new = old.copy()
+    cols = rng.integers(0, table.shape[1], rows)
+    new[np.arange(rows), cols] = rng.integers(0, SIZES[cols])
+    index, steps = q.changes(old, new)
+    for k in range(rows):
+        changed = table.copy()
+        changed[k] = new[k]
+        moved = counts.copy()
+        np.add.at(moved, index[k], steps[k])
+        np.testing.assert_array_equal(moved, q.counts(changed))
+        nonzero = index[k][steps[k] != 0]
+        assert len(set(nonzero.tolist())) == len(nonzero)
+
+
 def test_prefix_counts_changes_and_sensitivity():
     rng = np.random.default_rng(5)
     workloads = class_workloads(3, "prefix")
@@ -78,19 +100,7 @@ def test_prefix_counts_changes_and_sensitivity():
         brute = [np.sum((table[:, a] == c) & (table[:, j] <= t))
                  for c in range(SIZES[a]) for t in range(SIZES[j])]
         np.testing.assert_array_equal(counts[part], brute)
-    old = table[:40]
-    new = old.copy()
-    cols = rng.integers(0, 3, 40)
-    new[np.arange(40), cols] = rng.integers(0, SIZES[cols])
-    index, steps = q.changes(old, new)
-    for k in range(40):
-        changed = table.copy()
-        changed[k] = new[k]
-        moved = counts.copy()
-        np.add.at(moved, index[k], steps[k])
-        np.testing.assert_array_equal(moved, q.counts(changed))
-        nonzero = index[k][steps[k] != 0]
-        assert len(set(nonzero.tolist())) == len(nonzero)  # a repeated entry has step 0
+    assert_changes_match_recount(q, table, rng, rows=40)
     assert sensitivity(Prefix(0, 2), SIZES, 60) == pytest.approx(math.sqrt(8) / 60)
     assert sensitivity((0, 2), SIZES, 60) == pytest.approx(math.sqrt(2) / 60)
 
@@ -107,11 +117,65 @@ def test_prefix_sensitivity_bound_is_attained_and_never_exceeded():
     assert np.linalg.norm(q.answers(table) - q.answers(other)) == pytest.approx(bound)
 
 
+def test_range_counts_changes_and_sensitivity():
+    rng = np.random.default_rng(7)
+    workloads = class_workloads(3, "range", numeric=[2])
+    assert workloads == [Range(-1, 2), Range(0, 2), Range(1, 2)]
+    assert Range(0, 2) != Prefix(0, 2) and Range(0, 2) != (0, 2)
+    with pytest.raises(InputError, match="numeric column"):
+        class_workloads(3, "range", numeric=[])
+    q = query_set(SIZES, workloads)
+    table = rng.integers(0, SIZES, (60, 3))
+    counts = q.counts(table)
+    intervals = [(lo, hi) for lo in range(4) for hi in range(lo, 4)]
+    for (a, j), part in zip(workloads, q.slices, strict=True):
+        cats = range(SIZES[a]) if a >= 0 else [None]
+        brute = [np.sum(((table[:, a] == c) if c is not None else True)
+                        & (table[:, j] >= lo) & (table[:, j] <= hi))
+                 for c in cats for lo, hi in intervals]
+        np.testing.assert_array_equal(counts[part], brute)
+    assert_changes_match_recount(q, table, rng)
+    # bin 1 or 2 of 4 lies in (b+1)(4−b) = 6 intervals: √(2·6)/N
+    assert sensitivity(Range(0, 2), SIZES, 60) == pytest.approx(math.sqrt(12) / 60)
+    one = query_set(SIZES, [Range(0, 2)])
+    bound = sensitivity(Range(0, 2), SIZES, 30)
+    small = table[:30].copy()
+    assert largest_replace_one_gap(one, small, 300, seed=7) <= bound + 1e-12
+    other = small.copy()
+    small[0], other[0] = [0, 0, 1], [1, 0, 2]  # other category, both bins in 6 intervals
+    assert np.linalg.norm(one.answers(small) - one.answers(other)) == pytest.approx(bound)
+
+
+def test_halfspace_queries_follow_the_documented_feature_map():
+    rng = np.random.default_rng(8)
+    workloads = class_workloads(3, "halfspace", seed=4, halfspaces=2)
+    assert workloads == [Halfspace(4, 0), Halfspace(4, 1)]
+    q = Halfspaces(SIZES, workloads, numeric=[2])
+    table = rng.integers(0, SIZES, (50, 3))
+    # φ: one-hot of columns 0 and 1 (3 + 2 features), column 2 as (code + 0.5)/4
+    phi = np.concatenate([np.eye(3)[table[:, 0]], np.eye(2)[table[:, 1]],
+                          ((table[:, 2] + 0.5) / 4)[:, None]], axis=1)
+    expected = []
+    for block in range(2):
+        draw = np.random.default_rng([4, block])
+        w = draw.normal(size=(HALFSPACE_BLOCK, 6))
+        b = draw.normal(0.0, math.sqrt(3), HALFSPACE_BLOCK)
+        expected.append((phi @ w.T >= b).sum(axis=0))
+    counts = q.counts(table)
+    assert np.abs(counts - np.concatenate(expected)).sum() <= 2  # float ties at the threshold
+    assert 0 < counts.mean() < 50  # the thresholds split the rows
+    assert_changes_match_recount(q, table, rng)
+    assert sensitivity(Halfspace(4, 0), SIZES, 50) == pytest.approx(math.sqrt(100) / 50)
+    one = query_set(SIZES, [Halfspace(4, 1)])
+    gap = largest_replace_one_gap(one, table, 300, seed=8)
+    assert 0 < gap <= sensitivity(Halfspace(4, 1), SIZES, 50) + 1e-12
+
+
 def test_query_classes_and_workload_errors():
     assert parse_query_classes("2way, 3way,2way") == ("2way", "3way")
     assert parse_query_classes("prefix") == ("prefix",)
-    with pytest.raises(InputError, match="unknown query class 'halfspace'"):
-        parse_query_classes("2way,halfspace")
+    with pytest.raises(InputError, match="unknown query class '4way'"):
+        parse_query_classes("2way,4way")
     with pytest.raises(InputError, match="at least 3 columns"):
         class_workloads(2, "3way")
     a = np.zeros((4, 3), dtype=np.int64)

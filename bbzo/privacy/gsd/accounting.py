@@ -125,6 +125,20 @@ class PrivacyLedger:
         self.run = run
         self.charges: list[Charge] = []
 
+    @classmethod
+    def restore(cls, rho: float, run: RunFolder) -> PrivacyLedger:
+        """The ledger of a resumed fit: every charge already in ``run``'s
+        ``privacy_ledger.jsonl`` counts against the budget ``rho`` again (not re-written),
+        so a resumed fit can never spend more than ``rho`` in all."""
+        ledger = cls(rho, run)
+        ledger.charges = [Charge(r["mechanism"], r["workload"], float(r["rho"]), r.get("sigma"))
+                          for r in run.read_jsonl(LEDGER_FILE)]
+        if ledger.spent > ledger.budget * (1.0 + _SLACK):
+            raise PrivacyBudgetExceeded(
+                f"the run's ledger already holds rho={ledger.spent:.6g}, more than this fit's "
+                f"rho={ledger.budget:.6g}; resume with the same epsilon and delta")
+        return ledger
+
     @property
     def spent(self) -> float:
         """Total ρ charged so far."""

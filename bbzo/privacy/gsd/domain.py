@@ -8,8 +8,10 @@ A domain file has one of two forms:
 * rich: ``{"columns": {"sex": {"type": "categorical", "categories": ["F", "M"]},
   "age": {"type": "numeric", "min": 0, "max": 100, "bins": 32},
   "edu": {"type": "codes", "size": 16}}}``. A categorical value is coded by its position in
-  ``categories``; a numeric value in [min, max] by its equal-width bin (``bins`` defaults to
-  32) and decoded to the bin's midpoint.
+  ``categories``; a numeric value in [min, max] by its equal-width bin (``bins`` a count,
+  default 32) or, when ``bins`` is a list of increasing edges (``[0, 18, 30, 65, 100]``;
+  ``min``/``max`` may then be left out, or must equal the first/last edge), by the interval
+  [e_i, e_i+1) it falls in (the last one closed); decoded to the bin's midpoint.
 
 Column order is the domain's. A value outside its column's domain is an ``InputError`` naming
 the column, the data row (1-based, header not counted) and the value.
@@ -46,6 +48,7 @@ class Column:
     categories: tuple[str, ...] = ()
     low: float = 0.0
     high: float = 0.0
+    edges: tuple[float, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "codes":
@@ -75,6 +78,9 @@ class Column:
             ok = (x == np.floor(x)) & (x >= 0) & (x < self.size)
             return np.where(ok, np.nan_to_num(x), -1).astype(np.int64)
         ok = (x >= self.low) & (x <= self.high)
+        if self.edges:
+            bins = np.searchsorted(np.asarray(self.edges), np.nan_to_num(x), side="right") - 1
+            return np.where(ok, np.minimum(bins, self.size - 1), -1).astype(np.int64)
         bins = np.minimum((np.nan_to_num(x) - self.low) / (self.high - self.low) * self.size,
                           self.size - 1)
         return np.where(ok, bins, -1).astype(np.int64)
@@ -85,6 +91,8 @@ class Column:
             return [str(int(c)) for c in codes]
         if self.kind == "categorical":
             return [self.categories[int(c)] for c in codes]
+        if self.edges:
+            return [f"{(self.edges[int(c)] + self.edges[int(c) + 1]) / 2:.6g}" for c in codes]
         width = (self.high - self.low) / self.size
         return [f"{self.low + (int(c) + 0.5) * width:.6g}" for c in codes]
 
@@ -133,7 +141,8 @@ class Domain:
             if data.ndim != 2 or data.shape[1] != len(self):
                 raise InputError(f"a code array must have shape (N, {len(self)}), got "
                                  f"{data.shape}")
-            data = {n: data[:, j] for j, n in enumerate(self.names)}
+            as_codes = Domain([Column(c.name, "codes", c.size) for c in self.columns])
+            return as_codes.encode({n: data[:, j].tolist() for j, n in enumerate(self.names)})
         columns = read_columns(data)
         missing = [n for n in self.names if n not in columns]
         extra = [n for n in columns if n not in self.names]
@@ -181,19 +190,41 @@ def _rich_column(name: str, spec: Any) -> Column:
             raise InputError(f"domain column {name!r} needs \"categories\": a list of distinct "
                              f"values")
         return Column(name, kind, len(cats), tuple(str(c) for c in cats))
+    bins = spec.get("bins", DEFAULT_BINS)
+    if isinstance(bins, list):
+        return _edges_column(name, spec, bins)
     low, high = spec.get("min"), spec.get("max")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) \
             or not low < high:
         raise InputError(f"domain column {name!r} needs numbers \"min\" < \"max\" (bounds you "
                          f"know, never read off the private data)")
-    bins = int_at_least(f"bins of {name!r}", spec.get("bins", DEFAULT_BINS))
+    bins = int_at_least(f"bins of {name!r}", bins)
     return Column(name, kind, bins, low=float(low), high=float(high))
 
 
+def _edges_column(name: str, spec: Mapping, edges: list) -> Column:
+    """A numeric column binned by the user's ``edges`` (increasing, at least two)."""
+    numbers = all(isinstance(e, (int, float)) and math.isfinite(e) for e in edges)
+    if len(edges) < 2 or not numbers or any(np.diff(np.asarray(edges, dtype=float)) <= 0):
+        raise InputError(f"domain column {name!r}: \"bins\" as a list needs at least two "
+                         f"increasing numbers (bin edges)")
+    for key, edge in (("min", edges[0]), ("max", edges[-1])):
+        if key in spec and spec[key] != edge:
+            raise InputError(f"domain column {name!r}: \"{key}\" {spec[key]!r} differs from "
+                             f"the bin edge {edge!r}; drop it or make them equal")
+    return Column(name, "numeric", len(edges) - 1, low=float(edges[0]), high=float(edges[-1]),
+                  edges=tuple(float(e) for e in edges))
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
 def read_columns(data: Any) -> dict[str, list[Any]]:
-    """Column name → values of a CSV file path, a DataFrame (anything with ``columns`` and
-    column indexing) or a mapping of columns."""
+    """Column name → values of a CSV or parquet file path (by its suffix), a DataFrame
+    (anything with ``columns`` and column indexing) or a mapping of columns."""
     if isinstance(data, (str, os.PathLike)):
+        if Path(data).suffix.lower() in PARQUET_SUFFIXES:
+            return read_parquet(data)
         return read_csv(data)
     if isinstance(data, Mapping):
         return {str(k): list(v) for k, v in data.items()}
@@ -221,6 +252,23 @@ def read_csv(path: str | os.PathLike) -> dict[str, list[str]]:
         raise InputError(f"{path}, data row {short + 1}: {len(rows[short])} fields, the header "
                          f"has {len(header)}; fix that row")
     return {name: [r[j] for r in rows] for j, name in enumerate(header)}
+
+
+def read_parquet(path: str | os.PathLike) -> dict[str, list[Any]]:
+    """Column name → values of a parquet file (pandas with pyarrow)."""
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401  (pandas' parquet engine)
+    except ImportError:
+        raise InputError(f"reading {path} needs pyarrow and pandas: pip install pyarrow "
+                         f"pandas (or give a CSV file)") from None
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the parquet file {path}: {err}") from None
+    if len(set(map(str, frame.columns))) != len(frame.columns):
+        raise InputError(f"{path} has repeated column names; make them unique")
+    return {str(k): frame[k].tolist() for k in frame.columns}
 
 
 def write_csv(path: str | os.PathLike, columns: Mapping[str, Sequence[str]],

@@ -5,7 +5,8 @@ scored incrementally from each child's parent.
 A child differs from its parent in one cell (row r, column c). Its marginal counts are the
 parent's with the old row's cell moved to the new row's cell in every workload containing c
 (workloads without c keep their cell, so they are untouched: a sparse delta of at most two
-cells per such workload; prefix workloads change in at most two rows of thresholds); its loss
+cells per such workload; interval workloads change in at most two rows of intervals,
+halfspaces in those the row enters or leaves); its loss
 ‖q(D′)/N′ − â‖² changes only in those entries (``changes`` of the query set). Children keep
 their table and counts as a ``Patch`` of the parent's arrays, copied in full only if the child
 becomes a parent itself.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bbzo.blackbox.zo.population import Brood, Child
-from bbzo.privacy.gsd.queries import Marginals, Prefix, Prefixes, QuerySet
+from bbzo.privacy.gsd.queries import Halfspaces, Intervals, Marginals, QuerySet, is_marginal
 
 
 class Patch:
@@ -91,15 +92,15 @@ def one_cell_crossover(firsts: list[Any], seconds: list[Any],
 class QueryFitness:
     """Batched objective over a ``Brood`` of synthetic tables (N′, m): the squared ℓ2 distance
     ‖counts/N′ − target‖² of their answers to ``target`` (cells,), the noisy answers, for a
-    query set (``Marginals``, ``Prefixes`` or a ``QuerySet`` of both).
+    query set (``Marginals``, ``Intervals``, ``Halfspaces`` or a ``QuerySet`` of them).
 
     ``Child.stats`` holds each candidate's counts (cells,) int32; a child with a parent and
     ``changes`` is scored from its parent's counts and loss (see the module docstring), any
     other candidate by a full count. ``rows_counted`` tallies the table rows read.
     """
 
-    def __init__(self, queries: Marginals | Prefixes | QuerySet, target: np.ndarray,
-                 rows: int) -> None:
+    def __init__(self, queries: Marginals | Intervals | Halfspaces | QuerySet,
+                 target: np.ndarray, rows: int) -> None:
         self.queries = queries
         self.target = np.asarray(target, dtype=np.float64)
         self.rows = rows
@@ -144,18 +145,26 @@ class QueryFitness:
 
 
 def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndarray],
-                   rows: int, rng: np.random.Generator) -> np.ndarray:
+                   rows: int, rng: np.random.Generator, *, table: np.ndarray | None = None,
+                   columns: Sequence[int] | None = None) -> np.ndarray:
     """A starting table (rows, m) whose columns are drawn independently from the 1-way
     marginals implied by the noisy marginal answers (each workload's answers summed over its other
     columns, averaged over the workloads containing the column with weights inverse to the
     cells summed (noise variance), negatives clipped; uniform
-    for a column no workload contains). Post-processing of private answers only."""
+    for a column no workload contains). Post-processing of private answers only.
+
+    With ``table`` and ``columns``: a copy of ``table`` with only those columns redrawn (the
+    warm start of an adaptive round whose answers first cover them)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    table = np.empty((rows, len(sizes)), dtype=code_dtype(sizes))
-    for j, size in enumerate(sizes):
+    if table is None:
+        table = np.empty((rows, len(sizes)), dtype=code_dtype(sizes))
+    else:
+        table = table.copy()
+    for j in range(len(sizes)) if columns is None else columns:
+        size = int(sizes[j])
         parts, weights = [], []
         for w, answers in measured.items():
-            if j in w and not isinstance(w, Prefix):
+            if is_marginal(w) and j in w:
                 shape = tuple(int(sizes[c]) for c in w)
                 axes = tuple(i for i, c in enumerate(w) if c != j)
                 parts.append(answers.reshape(shape).sum(axis=axes))
@@ -165,3 +174,8 @@ def marginal_start(sizes: Sequence[int], measured: dict[tuple[int, ...], np.ndar
         p = p / p.sum() if p.sum() > 0 else np.full(size, 1.0 / size)
         table[:, j] = rng.choice(size, size=rows, p=p)
     return table
+
+
+def covered_columns(measured: dict[tuple[int, ...], np.ndarray]) -> set[int]:
+    """Columns some measured marginal workload contains."""
+    return {int(c) for w in measured if is_marginal(w) for c in w}

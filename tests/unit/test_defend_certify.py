@@ -148,10 +148,10 @@ def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> 
         cert = first.certify(x, 0)
         assert (first.sent, first.cached, cert.queries) == (1110, 0, 1110)
         assert ledger.summary().requests == 1 + 3  # blocks: 10 | 512 + 512 + 76
-        again = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1, budget=1)
+        again = SmoothedClassifier(QueryLayer(target, ledger=ledger, budget=1), s, seed=1)
         assert again.certify(x, 0) == cert  # all from the ledger: free
         assert (again.sent, again.cached) == (0, 1110)
-        short = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=2, budget=100)
+        short = SmoothedClassifier(QueryLayer(target, ledger=ledger, budget=100), s, seed=2)
         with pytest.raises(BudgetExceeded, match="needs 1024"):  # 2 blocks per submit
             short.certify(x, 0)
         assert (short.sent, short.budget.queries) == (10, 10)

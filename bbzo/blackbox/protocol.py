@@ -29,6 +29,9 @@ Kinds of request (a target declares which it supports in ``capabilities``):
 | ``classify`` | ``inputs``: nested lists, or an array (dense), | ``{"probs": [[float]]}``, or a |
 | | shaped (n, *input_shape) | float64 array (n, classes) for a dense request |
 
+A request is ``queries`` model queries: n for a ``classify`` request of n inputs, 1 for every
+other kind (the unit of query budgets, ``LayerStats.queries`` and the ledger's ``queries``).
+
 ``params`` holds generation settings (``max_tokens``, ``temperature``, ``top_logprobs``, ``seed``,
 ``chat_template``...). ``sample`` distinguishes repeated draws of one stochastic request: the
 same request with the same sample index is answered from the ledger, a new index is a new draw.
@@ -173,6 +176,17 @@ def _rebuild(node: Any, data: bytes) -> Any:
     return node
 
 
+def _count_queries(kind: str, payload: Any) -> int:
+    """``Request.queries``: for ``classify``, the leading dimension of ``payload["inputs"]``
+    (an array or a list; at least 1: the target refuses empty inputs); else 1."""
+    inputs = payload.get("inputs") if kind == "classify" and isinstance(payload, dict) else None
+    if isinstance(inputs, np.ndarray) and inputs.ndim >= 1:
+        return max(1, inputs.shape[0])
+    if isinstance(inputs, list):
+        return max(1, len(inputs))
+    return 1
+
+
 @functools.lru_cache(maxsize=64)
 def _key_prefix(target_id: str, frozen: str) -> Any:
     """sha256 state after the target id and a dense request's canonical text: the requests of a
@@ -191,12 +205,15 @@ class Request:
             (a dense request; targets receive read-only numpy copies).
         params: generation settings; JSON data.
         sample: index of this draw among repeated draws of the same request.
+        queries: model queries the request asks for (computed): the leading dimension n of
+            ``payload["inputs"]`` for ``classify`` (at least 1), 1 for every other kind.
     """
 
     kind: str
     payload: dict
     params: dict = field(default_factory=dict)
     sample: int = 0
+    queries: int = field(default=1, init=False)
     _frozen: str = field(default="", repr=False)
     _arrays: tuple[np.ndarray, ...] = field(default=(), repr=False)
     _digest: bytes = field(default=b"", repr=False)
@@ -224,13 +241,15 @@ class Request:
             data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
         object.__setattr__(self, "payload", data["payload"])
         object.__setattr__(self, "params", data["params"])
+        object.__setattr__(self, "queries", _count_queries(self.kind, self.payload))
 
     @classmethod
     def dense_batch(cls, kind: str, field: str, rows: Any, params: dict | None = None,
                     sample: int = 0) -> list[Request]:
         """``[Request(kind, {field: row}, params, sample) for row in rows]`` (same keys) for an
         array or tensor ``rows`` (n, ...), in one pass: rows are copied together and the JSON
-        part is dumped once, so each request costs little more than hashing its row."""
+        part is dumped once, so each request costs little more than hashing its row (rows share
+        their shape, hence ``queries``)."""
         stacked = as_dense(rows, copy=True)
         if stacked is None or stacked.ndim < 1 or len(stacked) == 0:
             raise InputError(f"rows must be a non-empty numpy array or torch tensor (n, ...), "

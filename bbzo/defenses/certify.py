@@ -6,7 +6,9 @@
 certifiable radius for n, α, σ, totals), ``certified.png`` and the run's ``ledger.sqlite``.
 Noisy inputs go through the query layer in ledgered blocks (``bbzo.defenses.smoothing``), each
 input counted as one query; an interrupted run resumes with ``resume=True`` without re-sending
-a completed block. A local torch classifier runs tuned (``TorchClassifier.tune``).
+a completed block (``sent_this_call`` / ``cached_this_call``: noisy inputs the black box
+classified / the ledger answered, the layer's ``LayerStats.queries`` / ``cached_queries``). A
+local torch classifier runs tuned (``TorchClassifier.tune``).
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     run.write_config(options, seed)
     results = results_name(mode)
     with Ledger(run.own("ledger.sqlite")) as ledger:
-        layer = QueryLayer(target, ledger=ledger)
+        layer = QueryLayer(target, ledger=ledger, budget=max_queries)  # queries: noisy inputs
         smoothed = SmoothedClassifier(
             layer, settings, preprocess=None if defense is None else defense.preprocess,
-            seed=seed, budget=max_queries)
+            seed=seed)
         act = smoothed.certify if mode == "certify" else smoothed.predict
 
         def work(i: int) -> dict:

@@ -7,12 +7,13 @@ stage (a denoiser, an encoder + decoder) applied before the query.
 Noise is drawn in fixed blocks of ``NOISE_BLOCK`` samples, each from its own torch generator
 seeded by (seed, image index, phase, block); each block of noisy inputs is one dense
 ``classify`` request (inputs (k, C, H, W), answered with probabilities (k, classes)), so the
-ledger holds one row per block. Every noisy input counts as one query: ``budget`` (queries =
-noisy inputs) is checked before a submit against the blocks the ledger cannot answer, and
-``sent``/``cached`` count inputs. Blocks go out ``ceil(batch / NOISE_BLOCK)`` per submit (never
-n copies in memory); the requests, hence the counts and the certificate, do not depend on the
-batch size, on the order of the images, or on a resume (a resumed image sends the same blocks,
-the completed ones answered by the ledger).
+ledger holds one row per block. Every noisy input counts as one query (a block of k inputs is k
+``Request.queries``): the layer's query budget is checked before a submit against the blocks
+the ledger cannot answer (``all_or_nothing``), and ``sent``/``cached`` count inputs. Blocks go
+out ``ceil(batch / NOISE_BLOCK)`` per submit (never n copies in memory); the requests, hence
+the counts and the certificate, do not depend on the batch size, on the order of the images,
+or on a resume (a resumed image sends the same blocks, the completed ones answered by the
+ledger).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from bbzo.blackbox.budget import Budget, as_budget
+from bbzo.blackbox.budget import Budget
 from bbzo.blackbox.protocol import Request
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.errors import InputError, TargetError
@@ -133,37 +134,48 @@ class SmoothedClassifier:
         preprocess: local stage applied to noisy inputs (n, C, H, W) → (n, C', H', W')
             before the query; None sends the noisy inputs themselves.
         seed: seeds the noise (with the image index).
-        budget: most noisy inputs sent to the black box (a ``Budget`` whose queries count
-            inputs, or an int); ledger answers are free. A budget of the layer itself counts
-            requests (blocks).
+
+    The most noisy inputs sent to the black box is the layer's query budget (ledger answers
+    are free): ``QueryLayer(target, ledger=..., budget=max_queries)``.
 
     Attributes:
-        sent: noisy inputs the black box classified for this object.
-        cached: noisy inputs answered from the ledger.
+        sent: noisy inputs the black box classified through the layer since this object was
+            made (``layer.stats.queries``).
+        cached: noisy inputs answered free in that time (``layer.stats.cached_queries``).
     """
 
     def __init__(self, layer: QueryLayer, settings: SmoothingSettings, *,
-                 preprocess: Preprocess | None = None, seed: int = 0,
-                 budget: Budget | int | None = None) -> None:
+                 preprocess: Preprocess | None = None, seed: int = 0) -> None:
         if not isinstance(layer, QueryLayer):
             raise InputError(f"layer must be a QueryLayer, got {type(layer).__name__}")
         self.layer = layer
         self.settings = settings
         self.preprocess = preprocess
         self.seed = int(seed)
-        self.budget = as_budget(budget)
-        self.sent = self.cached = 0
+        self._start = (layer.stats.queries, layer.stats.cached_queries)
+
+    @property
+    def budget(self) -> Budget:
+        """The layer's budget (its queries are noisy inputs)."""
+        return self.layer.budget
+
+    @property
+    def sent(self) -> int:
+        return self.layer.stats.queries - self._start[0]
+
+    @property
+    def cached(self) -> int:
+        return self.layer.stats.cached_queries - self._start[1]
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
         """Top classes (n,) of the black box for inputs (n, C, H, W): one dense request per
-        ``NOISE_BLOCK`` rows, sent in one submit after the budget is reserved."""
+        ``NOISE_BLOCK`` rows, sent in one submit, refused whole (``BudgetExceeded``, nothing
+        sent) when the layer's budget cannot cover the inputs the ledger cannot answer."""
         if self.preprocess is not None:
             with torch.no_grad():
                 inputs = self.preprocess(torch.from_numpy(inputs)).numpy()
         requests = [Request("classify", {"inputs": inputs[i:i + NOISE_BLOCK]})
                     for i in range(0, len(inputs), NOISE_BLOCK)]
-        sizes = [len(r.payload["inputs"]) for r in requests]
-        self._reserve(requests, sizes)
         responses = self.layer.submit(requests, all_or_nothing=True)
         try:
             probs = np.concatenate([np.asarray(r.output["probs"], dtype=np.float64)
@@ -175,22 +187,7 @@ class SmoothedClassifier:
         if probs.ndim != 2 or len(probs) != len(inputs):
             raise TargetError(f"{self.layer.target.id} answered probabilities of shape "
                               f"{probs.shape} for {len(inputs)} inputs")
-        for size, response in zip(sizes, responses, strict=True):
-            if response.cached:
-                self.cached += size
-            else:
-                self.sent += size
         return probs.argmax(axis=1)
-
-    def _reserve(self, requests: list[Request], sizes: list[int]) -> None:
-        """Charge the budget for the inputs of the blocks the ledger cannot answer, or raise
-        ``BudgetExceeded`` before anything is sent."""
-        if self.budget.max_queries is None:
-            return
-        keys = [r.key(self.layer.target.id) for r in requests]
-        stored = self.layer.ledger.answers(keys) if self.layer.ledger is not None else {}
-        self.budget.reserve(queries=sum(size for key, size in zip(keys, sizes, strict=True)
-                                        if key not in stored))
 
     def counts(self, x: np.ndarray, index: int, phase: int, num: int) -> np.ndarray:
         """Class counts of the black box over ``num`` noisy copies of x (C, H, W)."""

@@ -147,15 +147,19 @@ def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> 
         first = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1)
         cert = first.certify(x, 0)
         assert (first.sent, first.cached, cert.queries) == (1110, 0, 1110)
+        assert (first.layer.stats.sent, first.layer.stats.queries) == (4, 1110)
         assert ledger.summary().requests == 1 + 3  # blocks: 10 | 512 + 512 + 76
-        again = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1, budget=1)
+        assert ledger.summary().queries == 1110
+        again = SmoothedClassifier(QueryLayer(target, ledger=ledger, budget=1), s, seed=1)
         assert again.certify(x, 0) == cert  # all from the ledger: free
         assert (again.sent, again.cached) == (0, 1110)
-        short = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=2, budget=100)
+        short = SmoothedClassifier(QueryLayer(target, ledger=ledger, budget=100), s, seed=2)
         with pytest.raises(BudgetExceeded, match="needs 1024"):  # 2 blocks per submit
             short.certify(x, 0)
         assert (short.sent, short.budget.queries) == (10, 10)
+        assert (short.layer.stats.queries, short.layer.budget.max_queries) == (10, 100)
         assert ledger.summary().requests == 4 + 1
+        assert ledger.summary().queries == 1110 + 10
 
 
 def test_same_certificates_across_batch_sizes(arch: str, images: str, tmp_path: Path) -> None:
@@ -173,6 +177,8 @@ def test_resume_after_budget_stop_is_identical_and_resends_nothing(
     full = certify_run(spec, out=tmp_path / "full", data=images, settings=s, seed=4)
     per_image = s.n0 + s.n
     assert full["queries"] == full["images"] * per_image == full["sent_this_call"]
+    with Ledger(tmp_path / "full" / "ledger.sqlite", readonly=True) as ledger:
+        assert ledger.summary().queries == full["queries"]  # the shape probe has no ledger
     first = certify_run(spec, out=tmp_path / "cut", data=images, settings=s, seed=4,
                         max_queries=2 * per_image + 50)
     # the third image sends its n0 = 10 selection draws; its first batch of 64 estimation
@@ -187,6 +193,8 @@ def test_resume_after_budget_stop_is_identical_and_resends_nothing(
     # the image cut by the budget is answered from the ledger for what was already sent
     assert second["sent_this_call"] == (full["images"] - 2) * per_image - partial
     assert second["cached_this_call"] == partial
+    with Ledger(tmp_path / "cut" / "ledger.sqlite", readonly=True) as ledger:
+        assert ledger.summary().queries == full["queries"]  # every input sent exactly once
 
 
 def test_http_black_box_gives_the_local_certificate(arch: str, images: str,

@@ -116,6 +116,18 @@ def test_dense_batch_builds_the_same_requests_as_one_by_one():
     assert batch[2].params == {"top": [1, 2]}
 
 
+def test_a_classify_request_is_as_many_queries_as_it_has_inputs():
+    assert Request("classify", {"inputs": images(7)}).queries == 7
+    assert Request("classify", {"inputs": torch.zeros(3, 2)}).queries == 3
+    assert Request("classify", {"inputs": [[0.5, 0.5]] * 4}).queries == 4  # JSON lists
+    batch = Request.dense_batch("classify", "inputs", images(6).reshape(2, 3, *SHAPE))
+    assert [r.queries for r in batch] == [3, 3]
+    assert [r.queries for r in Request.dense_batch("classify", "inputs", images(2)[:, None])] \
+        == [1, 1]
+    assert Request("embed", {"texts": ["a", "b", "c"]}).queries == 1  # other kinds: one each
+    assert Request("chat", {"messages": [{"role": "user", "content": "x"}]}).queries == 1
+
+
 @pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["a"]), np.array([None])])
 def test_non_numeric_arrays_are_refused(bad):
     with pytest.raises(InputError, match="dtype"):

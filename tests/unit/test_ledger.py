@@ -3,12 +3,14 @@
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bbzo.blackbox.protocol import Request, Response, Usage
@@ -203,3 +205,62 @@ def test_resume_after_kill_9_never_resends_a_completed_request(tmp_path):
     assert [r.output["text"] for r in out] == [f"p{i}"[::-1] for i in range(N_KILL)]
     after = ledger.summary()
     assert (after.requests, after.answered, after.pending) == (N_KILL, N_KILL, 0)
+
+
+def classify(n: int) -> Request:
+    return Request("classify", {"inputs": np.full((n, 2), 0.5, np.float32)})
+
+
+def probs(n: int) -> Response:
+    return Response({"probs": np.full((n, 2), 0.5)})
+
+
+def test_summary_counts_model_queries_of_answered_requests(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    done = [classify(3), classify(4), gen(0)]
+    ledger.record("a", [(r.key("a"), r, probs(r.queries) if r.kind == "classify"
+                         else answer(0.1)) for r in done], 1)
+    ledger.record("b", [(classify(2).key("b"), classify(2), probs(2))], 1)
+    failed, waiting = classify(5), classify(6)
+    ledger.record_error("a", [(failed.key("a"), failed)], "boom", 1)
+    ledger.begin("a", [(waiting.key("a"), waiting)])
+    s = ledger.summary()
+    assert (s.requests, s.answered, s.queries) == (6, 4, 3 + 4 + 1 + 2)
+    assert {t: v["queries"] for t, v in s.targets.items()} == {"a": 8, "b": 2}
+    assert s.to_dict()["queries"] == 10
+
+
+V2_TABLE = ("CREATE TABLE queries (key TEXT PRIMARY KEY, target TEXT NOT NULL, kind TEXT NOT"
+            " NULL, request TEXT NOT NULL, request_arrays BLOB, status TEXT NOT NULL, response"
+            " TEXT, response_arrays BLOB, error TEXT, prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+            " completion_tokens INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0,"
+            " latency_s REAL, attempts INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL"
+            " DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+
+
+def test_v2_ledger_reads_one_query_a_row_and_gains_the_column(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    old = [gen(0), classify(3)]  # a v2 row does not know it held 3 inputs: it counts 1
+    with sqlite3.connect(path) as db:
+        db.execute(V2_TABLE)
+        db.executemany("INSERT INTO queries (key, target, kind, request, status, response,"
+                       " created_at, updated_at) VALUES (?, 't', ?, ?, 'ok', ?, 0, 0)",
+                       [(r.key("t"), r.kind, r.to_json(), '{"output": {"text": "ok"},'
+                         ' "meta": {}}') for r in old])
+        db.execute("PRAGMA user_version=2")
+    db.close()
+    with Ledger(path, readonly=True) as reader:
+        assert reader.summary().queries == 2 and reader.summary().targets["t"]["queries"] == 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # read-only changed nothing
+        assert "queries" not in {row[1] for row in db.execute("PRAGMA table_info(queries)")}
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.answers([old[0].key("t")])[old[0].key("t")].output == {"text": "ok"}
+        new = classify(4)
+        ledger.record("t", [(new.key("t"), new, probs(4))], 1)
+        assert ledger.summary().queries == 1 + 1 + 4
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert sorted(db.execute("SELECT queries FROM queries")) == [(1,), (1,), (4,)]
+    db.close()

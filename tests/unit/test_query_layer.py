@@ -5,6 +5,7 @@ import logging
 import random
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -409,3 +410,28 @@ def test_all_or_nothing_refuses_a_batch_that_does_not_fit_whole(tmp_path):
     out = layer.submit(old + new[:2], all_or_nothing=True)  # the 4 old ones are free
     assert [r.cached for r in out] == [True] * 4 + [False] * 2
     assert layer.budget.queries == 6
+
+
+def test_a_classify_request_of_n_inputs_costs_n_queries(tmp_path):
+    target = Arith()
+    ledger = Ledger(tmp_path / "l.sqlite")
+    five = Request("classify", {"inputs": np.arange(5.0)})  # 5 inputs of shape ()
+    three = Request("classify", {"inputs": [1, 2, 3]})
+    short = QueryLayer(target, ledger=ledger, budget=Budget(max_queries=4))
+    with pytest.raises(BudgetExceeded, match="needs 5 new queries"):
+        short.submit([five], all_or_nothing=True)
+    with pytest.raises(BudgetExceeded):
+        short.submit([five])  # as many as fit: none
+    assert (short.budget.queries, target.batches, ledger.summary().requests) == (0, [], 0)
+    layer = QueryLayer(target, ledger=ledger, budget=Budget(max_queries=5))
+    out = layer.submit([five, five], all_or_nothing=True)  # the duplicate is free
+    assert [r.cached for r in out] == [False, True] and layer.budget.queries == 5
+    s = layer.stats
+    assert (s.requests, s.sent, s.queries, s.cached, s.cached_queries) == (2, 1, 5, 1, 5)
+    later = QueryLayer(target, ledger=ledger, budget=Budget(max_queries=3))
+    out = later.submit([five, three], all_or_nothing=True)  # five from the ledger: free
+    assert [r.cached for r in out] == [True, False] and later.budget.queries == 3
+    assert (later.stats.sent, later.stats.queries, later.stats.cached_queries) == (1, 3, 5)
+    summary = ledger.summary()
+    assert (summary.requests, summary.queries, summary.cache_hits) == (2, 8, 2)
+    assert summary.targets["arith"]["queries"] == 8

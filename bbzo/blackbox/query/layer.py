@@ -4,7 +4,8 @@ For each request, in order: answered from the ledger if it is there (free, ``cac
 otherwise sent once even if it appears several times or is already in flight in another
 ``asubmit`` on the same event loop. Sending passes, per target call: the concurrency semaphore,
 the rate limiter (rpm/tpm over a sliding minute), the budget (an upper bound on queries, tokens
-and dollars reserved before sending, settled to the true usage after; a request the budget
+and dollars reserved before sending; a request costs ``request.queries`` queries, n for a
+``classify`` request of n inputs, settled to the true usage after; a request the budget
 refuses waits for unsettled reservations and fails only if it still does not fit), the retry
 policy, and finally the ledger, which commits the answer before it is handed back (and, for a
 remote target, fsyncs it: see ``ledger``). A remote call's requests are first written as
@@ -61,8 +62,11 @@ class LayerStats:
 
     Attributes:
         requests: requests submitted.
-        cached: answered without contacting the target (ledger or a duplicate in flight).
+        cached: requests answered without contacting the target (ledger or a duplicate).
         sent: requests the target answered.
+        queries: model queries the target answered (``Request.queries`` summed over ``sent``:
+            a ``classify`` request of n inputs is n); what the query budget was charged.
+        cached_queries: model queries of the ``cached`` requests (free).
         attempts: target calls, retries included (a local batch is one call).
         rate_limited: 429 answers.
         failed: requests that failed for good.
@@ -73,6 +77,8 @@ class LayerStats:
     requests: int = 0
     cached: int = 0
     sent: int = 0
+    queries: int = 0
+    cached_queries: int = 0
     attempts: int = 0
     rate_limited: int = 0
     failed: int = 0
@@ -108,6 +114,11 @@ class _Job:
     began: bool = False
 
     @property
+    def queries(self) -> int:
+        """Model queries of the job's requests (what the query budget is charged)."""
+        return sum(request.queries for request in self.requests)
+
+    @property
     def pairs(self) -> list[tuple[str, Request]]:
         return list(zip(self.keys, self.requests, strict=True))
 
@@ -135,7 +146,8 @@ class QueryLayer:
     Args:
         target: the model to query.
         ledger: where requests and answers are recorded and looked up; None keeps nothing.
-        budget: a ``Budget`` (queries / tokens / dollars), a query count, or None (unlimited).
+        budget: a ``Budget`` (queries / tokens / dollars), a query count, or None (unlimited);
+            queries are model queries (``Request.queries``), not requests.
         limits: ``RateLimits(rpm, tpm)``, or a ``RateLimiter`` (to share limits between layers
             or inject a clock); None for no limits.
         retry: the ``RetryPolicy`` (default ``RetryPolicy()``).
@@ -205,9 +217,10 @@ class QueryLayer:
         """Answers to ``requests``, in order. Answers not paid for in this call (ledger hits,
         duplicates) have ``cached=True``, ``cost=0`` and zero usage.
 
-        ``all_or_nothing``: when the query budget cannot cover every request this call would
-        send (ledger hits and duplicates are free), raise ``BudgetExceeded`` sending none of
-        them (as an objective refuses a whole batch); by default as many are sent as fit.
+        ``all_or_nothing``: when the query budget cannot cover the queries of every request
+        this call would send (ledger hits and duplicates are free), raise ``BudgetExceeded``
+        sending none of them (as an objective refuses a whole batch); by default as many are
+        sent as fit.
 
         Raises ``InputError`` (bad request, before anything is sent), ``PermanentError``,
         ``TargetError`` (retries exhausted) or ``BudgetExceeded``; answers that came back before
@@ -225,7 +238,7 @@ class QueryLayer:
         run.advance(list(stored))
         state = self._loop_state()
         if all_or_nothing:
-            self._afford([key for key in unique if key not in stored
+            self._afford([request for key, request in unique.items() if key not in stored
                           and key not in state.inflight])
         owned, waits = [], []
         for key in unique:
@@ -250,12 +263,12 @@ class QueryLayer:
             for flight in flights:
                 if not flight.done():
                     flight.set_result(None)
-        return self._assemble(keys, fresh, stored, loaded)
+        return self._assemble(keys, unique, fresh, stored, loaded)
 
-    def _assemble(self, keys: list[str], fresh: dict[str, Response],
+    def _assemble(self, keys: list[str], unique: dict[str, Request], fresh: dict[str, Response],
                   stored: dict[str, Response], loaded: set[str]) -> list[Response]:
         """The first position of a key freshly sent or ``loaded`` from the ledger gets that
-        answer; every other position gets a copy."""
+        answer; every other position gets a copy (``unique``: the request of each key)."""
         out, hits = [], Counter()
         for key in keys:
             if key in fresh:
@@ -271,16 +284,20 @@ class QueryLayer:
                     latency_s=0.0, cached=True))
                 hits[key] += 1
         self.stats.cached += sum(hits.values())
+        self.stats.cached_queries += sum(unique[key].queries * n for key, n in hits.items())
         if self.ledger is not None and hits:
             self.ledger.note_hits(hits)
         return out
 
-    def _afford(self, keys: list[str]) -> None:
-        """Raise ``BudgetExceeded`` unless the query budget covers sending all of ``keys``."""
-        if keys and not self.budget.can_afford(queries=len(keys)):
+    def _afford(self, requests: list[Request]) -> None:
+        """Raise ``BudgetExceeded`` unless the query budget covers sending all of ``requests``
+        (their ``queries`` summed)."""
+        needed = sum(request.queries for request in requests)
+        if needed and not self.budget.can_afford(queries=needed):
             raise BudgetExceeded(f"query budget exhausted: {self.budget.queries} of "
-                                 f"{self.budget.max_queries} used, this batch needs {len(keys)} "
-                                 f"new queries (answers already in the ledger are free)",
+                                 f"{self.budget.max_queries} queries used, this batch needs "
+                                 f"{needed} new queries in {len(requests)} request(s) (answers "
+                                 f"already in the ledger are free)",
                                  nqueries=self.budget.queries)
 
     def _check(self, request: Request, bounded: bool) -> str:
@@ -390,12 +407,12 @@ class QueryLayer:
         run.advance(job.keys)
 
     async def _reserve(self, job: _Job, k: int, state: _LoopState) -> None:
-        """Reserve the job's upper bounds (queries on the first attempt only). If the budget
-        refuses while other reservations are unsettled, wait for them: their true usage is
-        usually below their bound. Raise ``BudgetExceeded`` once nothing else is pending."""
+        """Reserve the job's upper bounds (its model queries on the first attempt only). If the
+        budget refuses while other reservations are unsettled, wait for them: their true usage
+        is usually below their bound. Raise ``BudgetExceeded`` once nothing else is pending."""
         while True:
             try:
-                self.budget.reserve(queries=len(job.requests) if k == 1 else 0,
+                self.budget.reserve(queries=job.queries if k == 1 else 0,
                                     tokens=job.bound, cost=job.cost_bound)
             except BudgetExceeded:
                 if state.holding == 0:
@@ -434,6 +451,7 @@ class QueryLayer:
         if tokens > 0:
             self.limiter.correct(slot, tokens)
         self.stats.sent += n
+        self.stats.queries += job.queries
         self.stats.tokens += tokens
         self.stats.cost += cost
         if self.ledger is not None:

@@ -6,14 +6,17 @@ before a remote request is sent, so an audit can see what was in flight when a r
 served as an answer: a failed request is sent again on resume). Repeated queries are answered
 from ``ok`` rows at no cost and counted in the ``hits`` column.
 
-Schema (table ``queries``, ``PRAGMA user_version`` 2): ``key`` (primary key), ``target``,
-``kind``, ``request`` (canonical JSON; a dense request's arrays appear as descriptors with
-dtype and shape), ``request_arrays`` (BLOB: the arrays' raw bytes, only with
+Schema (table ``queries``, ``PRAGMA user_version`` 3): ``key`` (primary key), ``target``,
+``kind``, ``queries`` (model queries of the request, ``Request.queries``: n for a ``classify``
+request of n inputs, else 1), ``request`` (canonical JSON; a dense request's arrays appear as
+descriptors with dtype and shape), ``request_arrays`` (BLOB: the arrays' raw bytes, only with
 ``store_payloads=True``, else NULL), ``status``, ``response`` (JSON of ``{"output", "meta"}``,
 arrays as descriptors), ``response_arrays`` (BLOB: raw bytes of the answer's arrays, e.g. the
 float64 class probabilities of a dense ``classify``; NULL for plain JSON answers), ``error``,
 ``prompt_tokens``, ``completion_tokens``, ``cost``, ``latency_s``, ``attempts``, ``hits``,
-``created_at``, ``updated_at``. A v1 file (no BLOB columns) gains them on open.
+``created_at``, ``updated_at``. Older files are upgraded in place when opened for writing: a
+v1 file (no BLOB columns) gains them, a v1/v2 file gains ``queries`` (1 in old rows); a
+read-only open of an older file reads ``queries`` as 1.
 
 Writes are batched: ``begin``, ``record``, ``record_error`` and ``note_hits`` each commit their
 whole list of rows in one transaction. The query layer calls ``begin`` (remote targets only) and
@@ -61,12 +64,13 @@ from bbzo.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     key TEXT PRIMARY KEY,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
+    queries INTEGER NOT NULL DEFAULT 1,
     request TEXT NOT NULL,
     request_arrays BLOB,
     status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'error')),
@@ -83,7 +87,9 @@ CREATE TABLE IF NOT EXISTS queries (
     updated_at REAL NOT NULL
 )
 """
-_ADDED_IN_V2 = ("request_arrays", "response_arrays")  # BLOB columns a v1 file lacks
+# Columns older files lack, with their declarations: v2 added the BLOBs, v3 ``queries``.
+_ADDED_COLUMNS = {"request_arrays": "BLOB", "response_arrays": "BLOB",
+                  "queries": "INTEGER NOT NULL DEFAULT 1"}
 # Columns ``Ledger.summary`` reads; a file without them is not a bbzo ledger.
 _READ_COLUMNS = frozenset({"key", "target", "kind", "status", "error", "prompt_tokens",
                            "completion_tokens", "cost", "latency_s", "attempts", "hits",
@@ -183,6 +189,8 @@ class LedgerSummary:
 
     Attributes:
         requests: distinct requests recorded.
+        queries: model queries of the answered requests (a ``classify`` request of n inputs
+            is n; 1 per row written before schema v3).
         answered / errors / pending: rows by status; ``pending`` were sent but never answered
             (the run died mid-call; they may have been charged).
         cache_hits: answers served from the ledger without contacting the target.
@@ -191,11 +199,12 @@ class LedgerSummary:
         cost: US dollars of answered requests.
         latency_p50_s / latency_p90_s / latency_p99_s: call wall time of answered requests.
         kinds: request kind -> number of requests.
-        targets: target id -> {requests, answered, cache_hits, tokens, cost}.
+        targets: target id -> {requests, answered, queries, cache_hits, tokens, cost}.
         recent_errors: up to 5 distinct recent error messages.
     """
 
     requests: int = 0
+    queries: int = 0
     answered: int = 0
     errors: int = 0
     pending: int = 0
@@ -235,6 +244,8 @@ class Ledger:
         if readonly:
             self._lock = threading.Lock()
             self._db = open_readonly(self.path)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}
+            self._queries_sql = "queries" if "queries" in have else "1"  # before v3: 1 per row
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -248,7 +259,8 @@ class Ledger:
                 raise InputError(f"ledger {self.path} has schema v{version}; this bbzo reads "
                                  f"v{SCHEMA_VERSION}: upgrade bbzo")
             self._db.execute(_SCHEMA)
-            self._add_v2_columns()
+            self._add_columns()
+            self._queries_sql = "queries"
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as err:
             raise InputError(f"{self.path} is not a usable bbzo ledger: {err}") from None
@@ -264,12 +276,13 @@ class Ledger:
         with self._lock:
             self._db.close()
 
-    def _add_v2_columns(self) -> None:
-        """Give a v1 table the BLOB columns of v2 (NULL in old rows: plain JSON)."""
+    def _add_columns(self) -> None:
+        """Give an older table the columns it lacks: v2's BLOBs (NULL in old rows: plain
+        JSON), v3's ``queries`` (1 in old rows)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}
-        for column in _ADDED_IN_V2:
+        for column, declaration in _ADDED_COLUMNS.items():
             if column not in have:
-                self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} BLOB")
+                self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _write(self, fsync: bool = True) -> Iterator[None]:
@@ -315,12 +328,12 @@ class Ledger:
         now = time.time()
         target = self._clean(target_id)
         texts = self._clean_many([request.to_json() for _, request in items])
-        rows = [(key, target, request.kind, text, self._array_bytes(request), now, now)
-                for (key, request), text in zip(items, texts, strict=True)]
+        rows = [(key, target, request.kind, request.queries, text, self._array_bytes(request),
+                 now, now) for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)"
+                "INSERT INTO queries (key, target, kind, queries, request, request_arrays, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET"
                 " status = 'pending', updated_at = excluded.updated_at WHERE status != 'ok'", rows)
 
@@ -351,7 +364,7 @@ class Ledger:
             else:
                 meta = {}
             usage = response.usage
-            rows.append((key, target, request.kind, request_text,
+            rows.append((key, target, request.kind, request.queries, request_text,
                          request.array_bytes() if self.store_payloads else None, text, data,
                          usage.prompt_tokens, usage.completion_tokens, response.cost,
                          response.latency_s, attempts, now, now))
@@ -360,11 +373,12 @@ class Ledger:
                                 cost=response.cost, latency_s=response.latency_s, meta=meta))
         with self._write(fsync):
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, request_arrays, status,"
-                " response, response_arrays, error, prompt_tokens, completion_tokens, cost,"
-                " latency_s, attempts, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET status = 'ok', response = excluded.response,"
+                "INSERT INTO queries (key, target, kind, queries, request, request_arrays,"
+                " status, response, response_arrays, error, prompt_tokens, completion_tokens,"
+                " cost, latency_s, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET status = 'ok', queries = excluded.queries,"
+                " response = excluded.response,"
                 " response_arrays = excluded.response_arrays,"
                 " error = NULL, prompt_tokens = excluded.prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, cost = excluded.cost,"
@@ -380,12 +394,14 @@ class Ledger:
         error = self._clean(error)
         target = self._clean(target_id)
         texts = self._clean_many([request.to_json() for _, request in items])
-        rows = [(key, target, request.kind, text, self._array_bytes(request), error, attempts,
-                 now, now) for (key, request), text in zip(items, texts, strict=True)]
+        rows = [(key, target, request.kind, request.queries, text, self._array_bytes(request),
+                 error, attempts, now, now)
+                for (key, request), text in zip(items, texts, strict=True)]
         with self._write():
             self._db.executemany(
-                "INSERT INTO queries (key, target, kind, request, request_arrays, status, error,"
-                " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'error', ?, ?, ?, ?)"
+                "INSERT INTO queries (key, target, kind, queries, request, request_arrays,"
+                " status, error, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'error', ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET status = 'error', error = excluded.error,"
                 " attempts = attempts + excluded.attempts, updated_at = excluded.updated_at"
                 " WHERE status != 'ok'", rows)
@@ -403,20 +419,24 @@ class Ledger:
                 "SELECT COALESCE(SUM(hits), 0), COALESCE(SUM(attempts), 0) FROM queries"
             ).fetchone()
             out.cache_hits, out.attempts = hits, attempts
-            pt, ct, cost = db.execute(
+            pt, ct, cost, queries = db.execute(
                 "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-                " COALESCE(SUM(cost), 0.0) FROM queries WHERE status = 'ok'").fetchone()
+                f" COALESCE(SUM(cost), 0.0), COALESCE(SUM({self._queries_sql}), 0) FROM queries"
+                " WHERE status = 'ok'").fetchone()
             out.prompt_tokens, out.completion_tokens, out.cost = pt, ct, cost
+            out.queries = queries
             latencies = [row[0] for row in db.execute(
                 "SELECT latency_s FROM queries WHERE status = 'ok' AND latency_s IS NOT NULL"
                 " ORDER BY latency_s")]
             out.kinds = dict(db.execute("SELECT kind, COUNT(*) FROM queries GROUP BY kind"
                                         " ORDER BY kind"))
             out.targets = {
-                target: {"requests": n, "answered": ok, "cache_hits": hits, "tokens": tokens,
-                         "cost": cost}
-                for target, n, ok, hits, tokens, cost in db.execute(
-                    "SELECT target, COUNT(*), SUM(status = 'ok'), SUM(hits),"
+                target: {"requests": n, "answered": ok, "queries": queries, "cache_hits": hits,
+                         "tokens": tokens, "cost": cost}
+                for target, n, ok, queries, hits, tokens, cost in db.execute(
+                    "SELECT target, COUNT(*), SUM(status = 'ok'),"
+                    f" COALESCE(SUM(CASE WHEN status = 'ok' THEN {self._queries_sql} END), 0),"
+                    " SUM(hits),"
                     " SUM(prompt_tokens + completion_tokens), SUM(cost) FROM queries"
                     " GROUP BY target ORDER BY target")}
             out.recent_errors = [row[0] for row in db.execute(

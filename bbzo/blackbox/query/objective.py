@@ -159,12 +159,12 @@ class LayerObjective:
         rows to be sent do not fit the budget."""
         requests = self.requests(X)
         stats = self.layer.stats
-        sent, cached = stats.sent, stats.cached
+        sent, cached = stats.queries, stats.cached_queries  # one query per row
         try:
             responses = self.layer.submit(requests, all_or_nothing=True)
         finally:
-            self.nsent += stats.sent - sent
-            self.ncached += stats.cached - cached
+            self.nsent += stats.queries - sent
+            self.ncached += stats.cached_queries - cached
         outputs = [r.output for r in responses]
         many = getattr(self.reduce, "many", None)  # a batched form (ProbabilityReduce)
         values = (many(outputs) if many is not None else

@@ -18,7 +18,8 @@ class Budget:
     callers reserve an upper bound (prompt tokens + max_tokens) and settle with ``settle``.
 
     Args:
-        max_queries: most objective evaluations / model requests (one row of a batch = one).
+        max_queries: most objective evaluations / model queries (``Request.queries``: a classify
+            request of n inputs is n, any other request one).
         max_tokens: most tokens (prompt + completion) over all requests.
         max_cost: most money, in US dollars.
     """

@@ -368,10 +368,10 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
     curve = [(h["queries"], h["loss"]) for h in history]
     for epoch in range(start, settings.epochs):
         began = time.perf_counter()
-        sent_before = layer.stats.sent
+        sent_before = layer.stats.queries
         loss = _epoch(defense, layer, local, opt, train_x, settings, seed, epoch, curve,
                       queries)
-        queries += layer.stats.sent - sent_before
+        queries += layer.stats.queries - sent_before
         val = _validate(defense, layer, dataset, settings, seed)
         record = {"epoch": epoch + 1, "loss": loss, "val_accuracy": val,
                   "queries": queries, "seconds": time.perf_counter() - began}
@@ -437,7 +437,7 @@ def _epoch(defense: Defense, layer: QueryLayer, local: nn.Module | None,
                if settings.estimator == "rge" else CGE(mu=settings.mu, difference="forward"))
         fz = zo_function(loss_fn, est, seed=seed * 100_003 + epoch)
     outputs = getattr(layer.target, "outputs", "auto")
-    sent0, total, steps = layer.stats.sent, 0.0, 0
+    sent0, total, steps = layer.stats.queries, 0.0, 0
     for b in _batches(len(x), settings.batch, rng):
         clean = torch.from_numpy(x[b])
         labels = torch.from_numpy(classify_probs(layer, x[b]).argmax(1))
@@ -456,5 +456,5 @@ def _epoch(defense: Defense, layer: QueryLayer, local: nn.Module | None,
         value = float(loss.detach())
         total += value
         steps += 1
-        curve.append((queries0 + layer.stats.sent - sent0, value))
+        curve.append((queries0 + layer.stats.queries - sent0, value))
     return total / max(steps, 1)

@@ -63,11 +63,12 @@ def chunk_key(kind: str, seed: int, index: int, chunk: int) -> int:
 
 def chunk_noise(kind: str, seed: int, index: int, chunk: int, length: int,
                 device: torch.device | str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(length,) values of chunk ``chunk`` of tensor ``index``: N(0, 1) for ``kind="normal"``,
-    U[0, 1) for ``"uniform"``; float32, or written into ``out`` (any floating dtype)."""
+    """(length,) values of chunk ``chunk`` of tensor ``index``: N(0, 1) for ``kind="normal"``
+    (and ``"table"``, chunks of a ``NoiseTable``), U[0, 1) for ``"uniform"``; float32, or
+    written into ``out`` (any floating dtype)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(chunk_key(kind, seed, index, chunk))
-    draw = torch.randn if kind == "normal" else torch.rand
+    draw = torch.rand if kind == "uniform" else torch.randn
     padded = -(-length // _BLOCK) * _BLOCK
     if out is not None and padded == length and out.dtype == torch.float32:
         return draw(length, generator=gen, out=out)       # no copy for float32 chunks

@@ -200,7 +200,8 @@ class NoiseTable:
         """out = Σᵢ weightsᵢ·z(seedsᵢ) ⊙ mask, adding the q views in one pass, in out's
         dtype."""
         n, device = out.numel(), out.device
-        out.copy_(self.chunk(seeds[0], index, chunk, n, device)).mul_(weights[0])
+        first = self.chunk(seeds[0], index, chunk, n, device)
+        torch.mul(first.to(torch.promote_types(first.dtype, out.dtype)), weights[0], out=out)
         for seed, w in zip(seeds[1:], weights[1:], strict=True):
             out.add_(self.chunk(seed, index, chunk, n, device), alpha=w)
         if mask is not None:

@@ -21,9 +21,17 @@ from test_seeded import (
     token_batch,
 )
 
-from bbzo.blackbox.zo.modules import clip_scalars
+from bbzo.blackbox.zo import noise as noise_module
+from bbzo.blackbox.zo.modules import clip_scalars, random_mask
 from bbzo.blackbox.zo.noise import CHUNK, NoiseGenerator, NoiseTable, noise_source
-from bbzo.blackbox.zo.seeded import SeededPerturbation, SeededZO, replay, seeded_normal, zo_step
+from bbzo.blackbox.zo.seeded import (
+    SeededChain,
+    SeededPerturbation,
+    SeededZO,
+    replay,
+    seeded_normal,
+    zo_step,
+)
 from bbzo.blackbox.zo.update import adam
 from bbzo.errors import InputError
 
@@ -118,6 +126,40 @@ def test_table_perturbations_restore_exactly_and_read_theta_plus_mu_z():
         assert not torch.equal(got, base)
         assert torch.equal(model(ids).logits, base)
     assert_bit_identical(model, snap)
+
+
+@pytest.mark.parametrize("source, makes_noise", [(TABLE, False), ("generator", True)])
+def test_a_table_step_generates_no_noise(monkeypatch, source, makes_noise):
+    model, ids = tiny_gpt2(), token_batch()
+    pert = SeededPerturbation(model, noise=source)
+    pert.noise(0, 0)                                   # the table is made before the step
+    made, chunk_noise = [], noise_module.chunk_noise
+
+    def counting(*args, **kwargs):
+        made.append(args[0])
+        return chunk_noise(*args, **kwargs)
+
+    monkeypatch.setattr(noise_module, "chunk_noise", counting)
+    zo_step(pert, lm_loss(model, ids), lr=1e-3, q=2, rng=0)
+    assert bool(made) == makes_noise
+    assert set(made) <= {"normal"}
+
+
+def test_table_masks_confine_the_read_and_the_update():
+    model, ids = tiny_gpt2(), token_batch()
+    pert = SeededPerturbation(model, noise=TABLE)
+    steps = SeededChain(pert, random_mask(0.25))
+    before = {i: p.detach().clone() for i, _, p in pert.entries}
+    record = zo_step(pert, lm_loss(model, ids), lr=1e-2, rng=0, modules=steps)
+    moved = [(p.detach() != before[i]).view(-1) for i, _, p in pert.entries]
+    assert sum(int(m.sum()) for m in moved) > 0.2 * sum(m.numel() for m in moved)
+    for (i, _, _), changed in zip(pert.entries, moved, strict=True):
+        assert not (changed & ~steps.masks[i]).any()         # nothing moved outside the mask
+    fresh = SeededPerturbation(tiny_gpt2(), noise=TABLE)
+    with torch.no_grad(), fresh.perturbed(record.seeds[0], 1e-2, steps.masks):
+        for i, _, p in fresh.entries:
+            shifted = (fresh._read(i, p) != p).view(-1)
+            assert shifted.any() and not (shifted & ~steps.masks[i]).any()
 
 
 def test_table_update_is_the_mean_of_the_seeds_views():

@@ -175,6 +175,21 @@ def test_table_update_is_the_mean_of_the_seeds_views():
                                                                    dtype=p.dtype).view_as(p))
 
 
+def test_table_update_does_not_depend_on_threads():
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            layer = torch.nn.Linear(700, 601)                    # 420,700 > CHUNK weights
+            pert = SeededPerturbation(layer, noise=TABLE)
+            pert.apply_update([1, 2, 3], [0.5, -1.0, 2.0], lr=1e-2, weight_decay=0.1)
+            results.append(layer.weight.detach().clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
 def test_table_replay_is_bit_identical_with_a_module_chain(tmp_path):
     model, ids = tiny_gpt2(), token_batch()
     start = snapshot(model)

@@ -220,6 +220,14 @@ class NoiseTable:
         if mask is not None:
             out.mul_(mask)
 
+    def add_into(self, x: torch.Tensor, seeds: Sequence[int], weights: Sequence[float],
+                 index: int, chunk: int, mask: torch.Tensor | None, alpha: float) -> None:
+        """x += alpha·Σᵢ weightsᵢ·z(seedsᵢ) ⊙ mask in place: each seed's view added straight
+        into x, no buffer."""
+        for seed, w in zip(seeds, weights, strict=True):
+            z = self.chunk(seed, index, chunk, x.numel(), x.device)
+            x.add_(z if mask is None else z * mask, alpha=alpha * w)
+
 
 NoiseSource = NoiseGenerator | NoiseTable
 

@@ -320,13 +320,31 @@ class SeededPerturbation:
         weights = [g / len(seeds) for g in scalars]
         masks = self._check_masks(masks)
         with torch.no_grad():
+            in_place = transform is None and isinstance(self.source, NoiseTable)
             for index, _, p in self.entries:
-                step = self.direction(index, seeds, weights, masks.get(index))
-                if transform is not None:
+                step = None if in_place else self.direction(index, seeds, weights,
+                                                            masks.get(index))
+                if step is not None and transform is not None:
                     step = transform(index, step)
                 if weight_decay:
                     p.mul_(1.0 - lr * weight_decay)
-                p.add_(step, alpha=-lr)
+                if step is None:
+                    self._add_noise(index, p, seeds, weights, masks.get(index), -lr)
+                else:
+                    p.add_(step, alpha=-lr)
+
+    def _add_noise(self, index: int, p: torch.Tensor, seeds: Sequence[int],
+                   weights: Sequence[float], mask: torch.Tensor | None, alpha: float) -> None:
+        """p += alpha·Σᵢ weightsᵢ·z(seedsᵢ) ⊙ mask in place, the table's views added chunk by
+        chunk (no tensor of p's size is made). The generator keeps its former update, the
+        direction then one add, so its numbers do not change."""
+        flat = p.detach().view(-1)
+
+        def fill(chunk: int, start: int, stop: int) -> None:
+            self.source.add_into(flat[start:stop], seeds, weights, index, chunk,
+                                 None if mask is None else mask[start:stop], alpha)
+
+        for_chunks(p.numel(), fill)
 
 
 def _as_perturbation(model: nn.Module | SeededPerturbation,

@@ -114,8 +114,8 @@ def test_table_projected_gradient_matches_autograd_directional_derivative():
 def test_table_perturbations_restore_exactly_and_read_theta_plus_mu_z():
     model, ids = tiny_gpt2(), token_batch()
     snap = snapshot(model)
-    pert = SeededPerturbation(model, noise="table")
-    assert pert.source == NoiseTable()
+    assert SeededPerturbation(model, noise="table").source == NoiseTable(size=2**25, seed=0)
+    pert = SeededPerturbation(model, noise=TABLE)
     with torch.no_grad():
         base = model(ids).logits
         with pert.perturbed(3, 1e-2):

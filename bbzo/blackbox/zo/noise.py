@@ -25,7 +25,7 @@ Two sources of that noise (``noise_source``): ``NoiseGenerator`` (the default, a
 Scalable Alternative to Reinforcement Learning"): ``size`` N(0, 1) float32 values (default
 2**25, 128 MiB) made once per process and device; chunk c of tensor ``index`` under ``seed``
 is the slice ``table[o : o + L]``, o = the chunk's BLAKE2b key mod (size − L + 1). Making the
-noise of a step is then a hash and a view per chunk: 0.067 s for the ~2,400 chunk views of a
+noise of a step is then a hash and a view per chunk: 0.067 s for the 2,127 chunk views of a
 q = 1 step on the 134.5M-parameter model (1 thread, load ~15; the table took 1.7 s to make,
 once), against ~2.3 s for the generator. What it trades: the values of different chunks (other
 tensors, other seeds) may overlap, so coordinates repeat one another and directions of

@@ -38,7 +38,7 @@ the former counter hash (460 M normals, tied tensors remade at each read, 24.0 s
 the whole step takes 5.10 s. Making z at each of its 3 uses is the floor without keeping it
 (a copy of θ); below ~0.9× here needs a faster generator than torch's (~4-5 ns a normal).
 With ``noise="table"`` nothing is generated per step: a read is θ + μ·(table view) in one
-pass and the update adds the q seeds' views chunk by chunk; taking the step's ~2,400 views
+pass and the update adds the q seeds' views chunk by chunk; taking the step's 2,127 views
 costs 0.067 s (1 thread, load ~15), noise/forwards **0.03** against the 2.45 s of forwards
 above. The step's remaining cost is the memory passes of the reads and the update. The
 table's trade-offs (overlapping slices, 128 MiB per device) are in ``noise``.

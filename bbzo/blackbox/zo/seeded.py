@@ -3,9 +3,10 @@
 A step draws q integer seeds. The direction for seed s is z = (z_t) over the perturbed tensors,
 z_t the N(0, 1) noise of tensor t under s (``bbzo.blackbox.zo.noise``: chunked torch generators
 keyed by a hash of (s, t, chunk), or with ``noise="table"`` slices of a shared ``NoiseTable``
-at offsets hashed the same way). So z is regenerated from the seed anywhere, never stored, is
-independent across tensors, and is bit-identical on every worker with the same kind of device
-(CPU and CUDA streams differ). Noise is made in chunks of ``CHUNK`` elements on the parameter's
+at offsets hashed the same way). So z is regenerated from the seed anywhere, never stored, and
+is bit-identical on every worker with the same kind of device (CPU and CUDA streams differ; a
+table is the same on every device); the generator's z is independent across tensors, the
+table's slices may overlap. Noise is made in chunks of ``CHUNK`` elements on the parameter's
 device, on ``torch.get_num_threads()`` threads.
 
 Exact restore without a copy of the weights: the stored parameters are **never** changed to

@@ -9,9 +9,9 @@ default) and ``table`` (slices of a shared ``NoiseTable``, 2**25 entries; 2**22 
 CPU seconds of the process, steadier on a shared machine):
 
 - ``forwards_s``: the step's two forwards (plain ``model(ids, labels=ids)`` under no_grad);
-- ``step_s[source]``: a whole ``zo_step`` (q = 1) with that source, so ``step_s − forwards_s``
+- ``step_s/<source>``: a whole ``zo_step`` (q = 1) with that source, so ``step_s − forwards_s``
   is the engine's cost (noise, θ + μz reads, update);
-- ``noise_s[source]``: making the noise such a step makes, three times per tensor (two
+- ``noise_s/<source>``: making the noise such a step makes, three times per tensor (two
   perturbed reads, a tied tensor once, and the update's pass): ``generator`` fills new tensors;
   ``table`` takes the views the step reads (a hash and a slice per chunk); ``table_copy``
   copies those views into new tensors (an upper bound: the step never does); ``hash`` makes

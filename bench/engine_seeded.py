@@ -2,15 +2,21 @@
 
 A SmolLM2-135M-shaped Llama built from a config (hidden 576, 30 layers, 9 heads, 3 kv heads,
 intermediate 1536, vocab 49152, tied embeddings; ``--quick``: a much smaller one), batch 4×64
-tokens, CPU, 1 and 2 threads. For each thread count, interleaved and best of ``repeat``, in
-wall seconds (and CPU seconds of the process, steadier on a shared machine):
+tokens, CPU, 1 and 2 threads. Three noise sources side by side: ``hash`` (the former counter
+hash, kept here only as the reference), ``generator`` (per-chunk torch generators, the
+default) and ``table`` (slices of a shared ``NoiseTable``, 2**25 entries; 2**22 with
+``--quick``). For each thread count, interleaved and best of ``repeat``, in wall seconds (and
+CPU seconds of the process, steadier on a shared machine):
 
 - ``forwards_s``: the step's two forwards (plain ``model(ids, labels=ids)`` under no_grad);
-- ``step_s``: a whole ``zo_step`` (q = 1), so ``step_s − forwards_s`` is the engine's cost;
-- ``noise_s``: the library's generator making the noise such a step makes: two perturbed reads
-  of every tensor (a tied one once) and the update's pass;
-- ``old_noise_s``: the former counter-hash generator (kept here only, as the reference) making
-  what the former step made: every read of every tensor (a tied one at each read) + update.
+- ``step_s/<source>``: a whole ``zo_step`` (q = 1) with that source, so ``step_s − forwards_s``
+  is the engine's cost (noise, θ + μz reads, update);
+- ``noise_s/<source>``: making the noise such a step makes, three times per tensor (two
+  perturbed reads, a tied tensor once, and the update's pass): ``generator`` fills new tensors;
+  ``table`` takes the views the step reads (a hash and a slice per chunk); ``table_copy``
+  copies those views into new tensors (an upper bound: the step never does); ``hash`` makes
+  what the former step made (every read of every tensor, a tied one at each read, + update).
+- ``table_build_s``: making the table once per process (not per step).
 
     python bench/engine_seeded.py [--quick]
 """
@@ -25,7 +31,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bbzo.blackbox.zo.noise import seeded_normal
+from bbzo.blackbox.zo.noise import CHUNK, NoiseTable, seeded_normal
 from bbzo.blackbox.zo.seeded import SeededPerturbation, zo_step
 
 # --- the former generator (bbzo.seeded-zo/1), reference only -----------------------------
@@ -93,35 +99,53 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def table_views(table: NoiseTable, tensors: list[tuple[int, int]]) -> None:
+    """Take the views of the table a q = 1 step reads: every chunk of every tensor, 3 times."""
+    for _ in range(3):
+        for i, n in tensors:
+            for c, start in enumerate(range(0, n, CHUNK)):
+                table.chunk(1, i, c, min(CHUNK, n - start), "cpu")
+
+
 def run(quick: bool) -> dict:
     """Measure at 1 and 2 threads; returns the config, element counts and per-thread rows."""
     config = smollm2_config(quick)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
-    pert = SeededPerturbation(model)
-    tensors = [(i, p.numel()) for i, _, p in pert.entries]
-    slots = read_slots(model, pert)
-    new_count = 3 * sum(n for _, n in tensors)
-    old_count = 2 * sum(n for _, n in slots) + sum(n for _, n in tensors)
+    table = NoiseTable(size=1 << 22 if quick else 1 << 25)
+    build_s = timed(table.values)
+    perts = {"generator": SeededPerturbation(model), "table": SeededPerturbation(model,
+                                                                                 noise=table)}
+    tensors = [(i, p.numel()) for i, _, p in perts["generator"].entries]
+    slots = read_slots(model, perts["generator"])
+    count = {"generator": 3 * sum(n for _, n in tensors),
+             "hash": 2 * sum(n for _, n in slots) + sum(n for _, n in tensors)}
 
     def forwards():
         with torch.no_grad():
             for _ in range(2):
                 model(ids, labels=ids)
 
-    def step():
-        zo_step(pert, lambda: model(ids, labels=ids).loss, lr=1e-9, rng=0)
+    def step(source):
+        return lambda: zo_step(perts[source], lambda: model(ids, labels=ids).loss, lr=1e-9,
+                               rng=0)
 
-    def noise():
-        for _ in range(3):
-            for i, n in tensors:
-                seeded_normal(1, i, n)
+    def noise(source):
+        def make():
+            for _ in range(3):
+                for i, n in tensors:
+                    seeded_normal(1, i, n, noise=source)
+        return make
 
     def old_noise():
         for i, n in slots + slots + tensors:
             old_normal(1, i, n)
 
+    timings = {"forwards_s": forwards, "step_s/generator": step("generator"),
+               "step_s/table": step("table"), "noise_s/hash": old_noise,
+               "noise_s/generator": noise("generator"), "noise_s/table": lambda: table_views(
+                   table, tensors), "noise_s/table_copy": noise(table)}
     repeat = 3 if quick else 2
     threads_before = torch.get_num_threads()
     rows = []
@@ -129,39 +153,43 @@ def run(quick: bool) -> dict:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             forwards()                                          # warm up
-            keys = ("forwards_s", "step_s", "noise_s", "old_noise_s")
-            wall, cpu = dict.fromkeys(keys, math.inf), dict.fromkeys(keys, math.inf)
+            wall, cpu = dict.fromkeys(timings, math.inf), dict.fromkeys(timings, math.inf)
             for r in range(repeat):                             # interleaved, best of repeat
-                for key, fn in zip(keys, (forwards, step, noise, old_noise), strict=True):
-                    if key == "old_noise_s" and r and not quick:    # ~40 s a time: once
+                for key, fn in timings.items():
+                    if key == "noise_s/hash" and r and not quick:    # ~40 s a time: once
                         continue
                     w, c = timed(fn)
                     wall[key], cpu[key] = min(wall[key], w), min(cpu[key], c)
-            f, fc = wall["forwards_s"], cpu["forwards_s"]
-            rows.append({"threads": threads, **wall,
-                         "cpu_s": cpu,
-                         "noise_per_forwards": wall["noise_s"] / f,
-                         "old_noise_per_forwards": wall["old_noise_s"] / f,
-                         "step_overhead_per_forwards": (wall["step_s"] - f) / f,
-                         "cpu_noise_per_forwards": cpu["noise_s"] / fc,
-                         "cpu_old_noise_per_forwards": cpu["old_noise_s"] / fc,
-                         "new_mnormals_per_s": new_count / wall["noise_s"] / 1e6,
-                         "old_mnormals_per_s": old_count / wall["old_noise_s"] / 1e6})
+            rows.append({"threads": threads, "wall_s": wall, "cpu_s": cpu,
+                         **{f"{kind}_per_forwards": {
+                             key.split("/")[1]: t[key] / t["forwards_s"] for key in t
+                             if key.startswith("noise_s/")}
+                            for kind, t in (("noise", wall), ("cpu_noise", cpu))},
+                         "step_overhead_per_forwards": {
+                             source: (wall[f"step_s/{source}"] - wall["forwards_s"])
+                             / wall["forwards_s"] for source in perts},
+                         "mnormals_per_s": {source: count[source] / wall[f"noise_s/{source}"]
+                                            / 1e6 for source in count}})
     finally:
         torch.set_num_threads(threads_before)
     return {"quick": quick, "parameters": sum(n for _, n in tensors),
-            "normals_per_step": {"new": new_count, "old": old_count}, "rows": rows}
+            "normals_per_step": count, "table": table.config, "table_build_s": build_s[0],
+            "rows": rows}
 
 
 def report(result: dict) -> None:
     """Print ``run``'s figures, one line per thread count."""
+    print(f"table of {result['table']['size']:,} normals made once in "
+          f"{result['table_build_s']:.2f} s")
     for r in result["rows"]:
-        print(f"{r['threads']} thread(s): forwards {r['forwards_s']:.3f} s; noise/forwards "
-              f"before {r['old_noise_per_forwards']:.2f} ({r['old_mnormals_per_s']:.0f} M/s), "
-              f"after {r['noise_per_forwards']:.2f} ({r['new_mnormals_per_s']:.0f} M/s); "
-              f"whole step over forwards +{r['step_overhead_per_forwards']:.2f}; in CPU "
-              f"seconds noise/forwards before {r['cpu_old_noise_per_forwards']:.2f}, after "
-              f"{r['cpu_noise_per_forwards']:.2f}")
+        n, c, o = r["noise_per_forwards"], r["cpu_noise_per_forwards"], \
+            r["step_overhead_per_forwards"]
+        print(f"{r['threads']} thread(s): forwards {r['wall_s']['forwards_s']:.3f} s; "
+              f"noise/forwards hash {n['hash']:.2f}, generator {n['generator']:.2f}, table "
+              f"{n['table']:.4f} (copied out {n['table_copy']:.2f}); whole step over forwards "
+              f"+{o['generator']:.2f} generator, +{o['table']:.2f} table; in CPU seconds "
+              f"noise/forwards hash {c['hash']:.2f}, generator {c['generator']:.2f}, "
+              f"table {c['table']:.4f}")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from test_seeded import (
     token_batch,
 )
 
-from bbzo.blackbox.zo import seeded
+from bbzo.blackbox.zo import noise
 from bbzo.blackbox.zo.modules import (
     antithetic,
     blockwise,
@@ -300,7 +300,7 @@ def test_tied_weights_are_made_once_per_perturbation(monkeypatch):
         made.append(index)
         return chunk_noise(kind, seed, index, chunk, length, device, out)
 
-    monkeypatch.setattr(seeded, "chunk_noise", counting)
+    monkeypatch.setattr(noise, "chunk_noise", counting)
     with torch.no_grad(), pert.perturbed(1, 1e-3):
         model(ids)
     tied = [i for i, name, _ in pert.entries if name == "transformer.wte.weight"]

@@ -2,9 +2,11 @@
 
 A step draws q integer seeds. The direction for seed s is z = (z_t) over the perturbed tensors,
 z_t the N(0, 1) noise of tensor t under s (``bbzo.blackbox.zo.noise``: chunked torch generators
-keyed by a hash of (s, t, chunk)). So z is regenerated from the seed anywhere, never stored, is
-independent across tensors, and is bit-identical on every worker with the same kind of device
-(CPU and CUDA streams differ). Noise is made in chunks of ``CHUNK`` elements on the parameter's
+keyed by a hash of (s, t, chunk), or with ``noise="table"`` slices of a shared ``NoiseTable``
+at offsets hashed the same way). So z is regenerated from the seed anywhere, never stored, and
+is bit-identical on every worker with the same kind of device (CPU and CUDA streams differ; a
+table is the same on every device); the generator's z is independent across tensors, the
+table's slices may overlap. Noise is made in chunks of ``CHUNK`` elements on the parameter's
 device, on ``torch.get_num_threads()`` threads.
 
 Exact restore without a copy of the weights: the stored parameters are **never** changed to
@@ -36,6 +38,11 @@ CPU, one thread, CPU at load ~1.3): a q = 1 step makes 3 × 134.5 M = 404 M norm
 the former counter hash (460 M normals, tied tensors remade at each read, 24.0 s at 19 M/s);
 the whole step takes 5.10 s. Making z at each of its 3 uses is the floor without keeping it
 (a copy of θ); below ~0.9× here needs a faster generator than torch's (~4-5 ns a normal).
+With ``noise="table"`` nothing is generated per step: a read is θ + μ·(table view) in one
+pass and the update adds the q seeds' views chunk by chunk; taking the step's 2,127 views
+costs 0.067 s (1 thread, load ~15), noise/forwards **0.03** against the 2.45 s of forwards
+above. The step's remaining cost is the memory passes of the reads and the update. The
+table's trade-offs (overlapping slices, 128 MiB per device) are in ``noise``.
 A whole step is stored as ``StepRecord`` (q seeds, q scalars, lr, weight decay), so ``replay``
 reproduces a run's weights bit for bit from the initial weights (and the run's modules).
 """
@@ -59,10 +66,14 @@ from bbzo.blackbox.zo.modules import Antithetic, MagnitudeMask, RandomMask
 from bbzo.blackbox.zo.noise import (
     CHUNK,
     SEED_BOUND,
+    NoiseGenerator,
+    NoiseSource,
+    NoiseTable,
     check_seed,
     chunk_key,
     chunk_noise,
     for_chunks,
+    noise_source,
     seeded_normal,
 )
 from bbzo.blackbox.zo.transforms import Context, Module, Probe, chain
@@ -70,8 +81,8 @@ from bbzo.blackbox.zo.update import Adam, Momentum, Sign
 from bbzo.checks import int_at_least, non_negative, positive
 from bbzo.errors import InputError, ObjectiveError
 
-__all__ = ["CHUNK", "SeededChain", "SeededPerturbation", "SeededZO", "StepRecord", "replay",
-           "seeded_normal", "zo_step"]
+__all__ = ["CHUNK", "NoiseGenerator", "NoiseTable", "SeededChain", "SeededPerturbation",
+           "SeededZO", "StepRecord", "replay", "seeded_normal", "zo_step"]
 
 Masks = dict[int, torch.Tensor]
 
@@ -140,13 +151,18 @@ class SeededPerturbation:
             (tied parameters once), and that index keys the noise.
         include: ``include(name, param) -> bool`` picks the perturbed parameters; default:
             those with ``requires_grad``. Indices do not depend on the filter.
+        noise: where z comes from: ``"generator"`` (default; i.i.d., per-chunk torch
+            generators), ``"table"`` (slices of a shared ``NoiseTable()``) or a
+            ``NoiseTable(size=..., seed=...)``; see ``bbzo.blackbox.zo.noise``.
 
     ``masks`` arguments map a parameter index to a flat boolean tensor of the entries to
     perturb (Sparse-MeZO); tensors absent from the map are perturbed everywhere.
     """
 
     def __init__(self, model: nn.Module,
-                 include: Callable[[str, nn.Parameter], bool] | None = None) -> None:
+                 include: Callable[[str, nn.Parameter], bool] | None = None,
+                 noise: str | NoiseSource = "generator") -> None:
+        self.source = noise_source(noise)
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         pick = include or (lambda _name, p: p.requires_grad)
@@ -176,7 +192,8 @@ class SeededPerturbation:
         """z(seed) for parameter ``index`` (unmasked): a new tensor with its shape, dtype and
         device."""
         p = self._param(index)
-        return seeded_normal(seed, index, p.numel(), dtype=p.dtype, device=p.device).view_as(p)
+        return seeded_normal(seed, index, p.numel(), dtype=p.dtype, device=p.device,
+                             noise=self.source).view_as(p)
 
     def _param(self, index: int) -> nn.Parameter:
         for i, _, p in self.entries:
@@ -265,11 +282,8 @@ class SeededPerturbation:
             flat, dest = x.detach().view(-1), out.view(-1)
 
             def fill(chunk: int, start: int, stop: int) -> None:
-                z = chunk_noise("normal", active.seed, index, chunk, stop - start, x.device,
-                                out=dest[start:stop])
-                if mask is not None:
-                    z.mul_(mask[start:stop])
-                z.mul_(active.scale).add_(flat[start:stop])
+                self.source.shift(flat[start:stop], active.seed, index, chunk, active.scale,
+                                  None if mask is None else mask[start:stop], dest[start:stop])
 
             for_chunks(x.numel(), fill)
         if index in self._tied:
@@ -284,13 +298,8 @@ class SeededPerturbation:
         out = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
 
         def fill(chunk: int, start: int, stop: int) -> None:
-            n, dest = stop - start, out[start:stop]
-            chunk_noise("normal", seeds[0], index, chunk, n, p.device, out=dest).mul_(weights[0])
-            for seed, w in zip(seeds[1:], weights[1:], strict=True):
-                dest.add_(chunk_noise("normal", seed, index, chunk, n, p.device).to(p.dtype),
-                          alpha=w)
-            if mask is not None:
-                dest.mul_(mask[start:stop])
+            self.source.combine(seeds, weights, index, chunk,
+                                None if mask is None else mask[start:stop], out[start:stop])
 
         for_chunks(p.numel(), fill)
         return out.view_as(p)
@@ -312,17 +321,44 @@ class SeededPerturbation:
         weights = [g / len(seeds) for g in scalars]
         masks = self._check_masks(masks)
         with torch.no_grad():
+            in_place = transform is None and isinstance(self.source, NoiseTable)
             for index, _, p in self.entries:
-                step = self.direction(index, seeds, weights, masks.get(index))
-                if transform is not None:
+                step = None if in_place else self.direction(index, seeds, weights,
+                                                            masks.get(index))
+                if step is not None and transform is not None:
                     step = transform(index, step)
                 if weight_decay:
                     p.mul_(1.0 - lr * weight_decay)
-                p.add_(step, alpha=-lr)
+                if step is None:
+                    self._add_noise(index, p, seeds, weights, masks.get(index), -lr)
+                else:
+                    p.add_(step, alpha=-lr)
+
+    def _add_noise(self, index: int, p: torch.Tensor, seeds: Sequence[int],
+                   weights: Sequence[float], mask: torch.Tensor | None, alpha: float) -> None:
+        """p += alpha·Σᵢ weightsᵢ·z(seedsᵢ) ⊙ mask in place, the table's views added chunk by
+        chunk (no tensor of p's size is made). The generator keeps its former update, the
+        direction then one add, so its numbers do not change."""
+        flat = p.detach().view(-1)
+
+        def fill(chunk: int, start: int, stop: int) -> None:
+            self.source.add_into(flat[start:stop], seeds, weights, index, chunk,
+                                 None if mask is None else mask[start:stop], alpha)
+
+        for_chunks(p.numel(), fill)
 
 
-def _as_perturbation(model: nn.Module | SeededPerturbation) -> SeededPerturbation:
-    return model if isinstance(model, SeededPerturbation) else SeededPerturbation(model)
+def _as_perturbation(model: nn.Module | SeededPerturbation,
+                     noise: str | NoiseSource | None = None) -> SeededPerturbation:
+    """``model`` itself, or a new perturbation of all its ``requires_grad`` parameters;
+    ``noise`` (None: the perturbation's own) must match its source."""
+    if not isinstance(model, SeededPerturbation):
+        return SeededPerturbation(model, noise="generator" if noise is None else noise)
+    if noise is not None and noise_source(noise) != model.source:
+        raise InputError(f"noise {noise_source(noise).config} differs from this "
+                         f"SeededPerturbation's {model.source.config}; build it with that "
+                         f"noise or leave noise out")
+    return model
 
 
 _MASKS = (RandomMask, MagnitudeMask)
@@ -512,7 +548,8 @@ def _measure(loss_fn: Callable[[], Any]) -> float:
 def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *,
             mu: float = 1e-3, lr: float = 1e-7, q: int = 1,
             rng: np.random.Generator | int | None = None, weight_decay: float = 0.0,
-            modules: Module | Sequence[Module] | SeededChain = ()) -> StepRecord:
+            modules: Module | Sequence[Module] | SeededChain = (),
+            noise: str | NoiseSource | None = None) -> StepRecord:
     """One MeZO step with q ≥ 1 seeds, averaging the q projected gradients.
 
     For each seed sᵢ: L± = loss_fn() at θ ± μ·z(sᵢ) (2q forwards, under ``torch.no_grad``),
@@ -530,8 +567,10 @@ def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *
         weight_decay: L2 coefficient wd applied to the perturbed parameters.
         modules: a module, a sequence or chain of them (see ``SeededChain`` for those that act
             here), or a ``SeededChain`` on ``model`` whose state carries over between calls.
+        noise: the noise source (``SeededPerturbation``'s ``noise``); None: the given
+            perturbation's, or ``"generator"`` for a module.
     """
-    pert = _as_perturbation(model)
+    pert = _as_perturbation(model, noise)
     mu = positive("mu", mu)
     non_negative("lr", lr)
     non_negative("weight_decay", weight_decay)
@@ -554,11 +593,12 @@ def zo_step(model: nn.Module | SeededPerturbation, loss_fn: Callable[[], Any], *
 
 
 def replay(model: nn.Module | SeededPerturbation, records: Sequence[StepRecord],
-           modules: Module | Sequence[Module] | SeededChain = ()) -> None:
+           modules: Module | Sequence[Module] | SeededChain = (),
+           noise: str | NoiseSource | None = None) -> None:
     """Apply logged steps in order; from the run's initial weights (and a fresh chain of the
     run's modules) this reproduces its final weights exactly (same dtype and device kind, same
-    ``include`` filter)."""
-    pert = _as_perturbation(model)
+    ``include`` filter, same ``noise`` source as ``zo_step``'s)."""
+    pert = _as_perturbation(model, noise)
     steps = _as_chain(pert, modules)
     for r in records:
         steps.prepare(r.seeds)
@@ -572,16 +612,19 @@ class SeededZO:
     Step n draws its seeds from ``numpy.random.default_rng([seed, n])``, so a loaded run
     continues with the seeds it would have drawn. ``lr`` may be changed between steps (it is
     logged per step). ``modules`` act as described in ``SeededChain``; the log records them
-    and ``load`` refuses other ones.
+    and ``load`` refuses other ones. ``noise`` is ``SeededPerturbation``'s; the log records
+    the source (and a table's size and seed), and ``load`` rebuilds it.
     """
 
-    FORMAT = "bbzo.seeded-zo/2"      # /2: chunked torch-generator noise (/1: counter hash)
+    FORMAT = "bbzo.seeded-zo/2"      # /2: chunked torch-generator noise (/1: counter hash);
+    #                                  a /2 log without "noise" was made with the generator
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-7, mu: float = 1e-3, q: int = 1,
                  weight_decay: float = 0.0, seed: int = 0,
                  include: Callable[[str, nn.Parameter], bool] | None = None,
-                 modules: Module | Sequence[Module] = ()) -> None:
-        self.perturbation = SeededPerturbation(model, include)
+                 modules: Module | Sequence[Module] = (),
+                 noise: str | NoiseSource = "generator") -> None:
+        self.perturbation = SeededPerturbation(model, include, noise)
         self.lr = non_negative("lr", lr)
         self.mu = positive("mu", mu)
         self.q = int_at_least("q", q, 1)
@@ -603,25 +646,32 @@ class SeededZO:
         """Write the hyper-parameters, modules, parameter layout and step log as JSON."""
         doc = {"format": self.FORMAT, "layout": self.perturbation.layout, "seed": self.seed,
                "mu": self.mu, "q": self.q, "lr": self.lr, "weight_decay": self.weight_decay,
-               "modules": self.chain.config, "steps": [r.to_dict() for r in self.log]}
+               "modules": self.chain.config, "noise": self.perturbation.source.config,
+               "steps": [r.to_dict() for r in self.log]}
         Path(path).write_text(json.dumps(doc, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module,
              include: Callable[[str, nn.Parameter], bool] | None = None,
-             modules: Module | Sequence[Module] = ()) -> SeededZO:
+             modules: Module | Sequence[Module] = (),
+             noise: str | NoiseSource | None = None) -> SeededZO:
         """Rebuild a saved run on ``model``, which must hold the run's initial weights, with
-        the run's ``modules``: the log is replayed onto it, and ``step`` continues where the
-        run stopped."""
+        the run's ``modules``: the log is replayed onto it with the run's noise source
+        (``noise``, if given, must be that one), and ``step`` continues where the run
+        stopped."""
         doc = json.loads(Path(path).read_text())
         if doc.get("format") != cls.FORMAT:
             old = str(doc.get("format", "")).startswith("bbzo.seeded-zo/")
             why = " (an older noise generator; it cannot be replayed now)" if old else ""
             raise InputError(f"{path} is not a {cls.FORMAT} log: format "
                              f"{doc.get('format')!r}{why}")
+        logged = noise_source(doc.get("noise", {"source": "generator"}))
+        if noise is not None and noise_source(noise) != logged:
+            raise InputError(f"{path} was recorded with noise {logged.config}, got "
+                             f"{noise_source(noise).config}; leave noise out to use the log's")
         opt = cls(model, lr=doc["lr"], mu=doc["mu"], q=doc["q"],
                   weight_decay=doc["weight_decay"], seed=doc["seed"], include=include,
-                  modules=modules)
+                  modules=modules, noise=logged)
         if opt.perturbation.layout != doc["layout"]:
             raise InputError(f"{path} was recorded on parameters with layout {doc['layout']}, "
                              f"this model has {opt.perturbation.layout}; use the same model "

@@ -122,8 +122,15 @@ def compare(seca_run: Path, random_run: Path) -> dict:
             "mean_target_queries_per_question", "mean_target_queries_per_success",
             "mean_p_target_before", "mean_p_target_after", "final_rewrites",
             "final_equivalence_error_rate", "final_coherence_error_rate", "successes")}
+        eligible = [r for r in mine if r["eligible"]]
         out[name]["scored_texts"] = sum(r["proposals"] - r["unusable_proposals"] - r["unscored"]
-                                        for r in mine if r["eligible"])
+                                        for r in eligible)
+        out[name]["unusable_share"] = (sum(r["unusable_proposals"] for r in eligible)
+                                       / max(1, sum(r["proposals"] for r in eligible)))
+        steps = [t for r in eligible for t in r["trace"]]
+        out[name]["feasible_improvers_step_1_later"] = [
+            sum(t["feasible"] for t in steps if t["step"] == 1),
+            sum(t["feasible"] for t in steps if t["step"] > 1)]
     pairs = [(seca[i]["p_target_after"], rand[i]["p_target_after"]) for i in ids
              if seca[i]["eligible"]]
     out["paired_p_target_after"] = {"seca_above": sum(a > b for a, b in pairs),
@@ -152,6 +159,11 @@ def print_comparison(result: dict) -> None:
             ("mean p(target) before -> after",
              f"{fmt(s['mean_p_target_before'])} -> {fmt(s['mean_p_target_after'])}",
              f"{fmt(r['mean_p_target_before'])} -> {fmt(r['mean_p_target_after'])}"),
+            ("unusable proposals", fmt(s["unusable_share"], ".0%"),
+             fmt(r["unusable_share"], ".0%")),
+            ("feasible improvers in step 1 / later steps",
+             "{} / {}".format(*s["feasible_improvers_step_1_later"]),
+             "{} / {}".format(*r["feasible_improvers_step_1_later"])),
             ("final rewrites failing equivalence / coherence",
              f"{fmt(s['final_equivalence_error_rate'], '.0%')} / "
              f"{fmt(s['final_coherence_error_rate'], '.0%')}",

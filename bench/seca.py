@@ -12,6 +12,18 @@ ratio, and the largest difference between the two ways' log-probabilities (float
 padded batches).
 
     python bench/seca.py [--threads 1] [--questions 3] [--repeat 3] [--model tiny]
+
+``--compare`` instead runs SECA (its default hybrid proposer on the bundled models) and the
+random feasible-rephrasing baseline matched to it (the same texts scored per question), both
+resumable, on one question set, then compares them on the questions both runs finished: ASR,
+target queries per question and per success, mean p(target) before -> after, a paired count of
+the questions where SECA's final p(target) is above / equal to / below random's, and every
+success (original -> rewrite, p before -> after). ``--report-only`` compares existing run
+folders (``--seca-run``, ``--random-run``) without running anything.
+
+    python bench/seca.py --compare --set builtin --limit 20 --iterations 6 --runs DIR
+    python bench/seca.py --compare --set PATH.jsonl --limit 40 --iterations 6 --runs DIR
+    python bench/seca.py --compare --report-only --seca-run DIR --random-run DIR
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +48,12 @@ from seca_support import save_roomy_lm  # noqa: E402
 from bbzo.attacks.seca.objective import make_objective  # noqa: E402
 from bbzo.attacks.seca.proposer import LLMProposer  # noqa: E402
 from bbzo.attacks.seca.questions import load_questions  # noqa: E402
+from bbzo.attacks.seca.run import SecaConfig, run_seca, summarize  # noqa: E402
 from bbzo.blackbox.query.layer import QueryLayer  # noqa: E402
 from bbzo.blackbox.targets import models  # noqa: E402
 from bbzo.blackbox.targets.hf import HFTarget  # noqa: E402
+from bbzo.runs.driver import is_error, latest_records  # noqa: E402
+from bbzo.runs.folder import read_jsonl_file  # noqa: E402
 
 LOCAL_BATCH = 16
 
@@ -81,6 +97,119 @@ def bench(model: str, n_questions: int, parents: int, candidates: int,
     return out
 
 
+def finished(folder: Path) -> dict[str, dict]:
+    """The question records of a run folder by id (errors left out)."""
+    return {r["id"]: r for r in latest_records(read_jsonl_file(folder / "results.jsonl"))
+            if not is_error(r)}
+
+
+def run_config(folder: Path) -> SecaConfig:
+    """The ``SecaConfig`` a run folder was made with (its ``config.json``)."""
+    saved = json.loads((folder / "config.json").read_text())
+    return SecaConfig(**saved["options"], seed=saved["seed"])
+
+
+def compare(seca_run: Path, random_run: Path) -> dict:
+    """SECA against its matched random baseline on the questions both runs finished."""
+    seca, rand = finished(seca_run), finished(random_run)
+    ids = [i for i in seca if i in rand]
+    out = {"questions": len(ids), "seca_run": str(seca_run), "random_run": str(random_run)}
+    for name, folder, records in (("seca", seca_run, seca), ("random", random_run, rand)):
+        mine = [records[i] for i in ids]
+        summary = summarize(mine, run_config(folder))
+        out[name] = {k: summary[k] for k in (
+            "eligible", "attacked", "asr", "objective", "iterations",
+            "mean_target_queries_per_question", "mean_target_queries_per_success",
+            "mean_p_target_before", "mean_p_target_after", "final_rewrites",
+            "final_equivalence_error_rate", "final_coherence_error_rate", "successes")}
+        eligible = [r for r in mine if r["eligible"]]
+        out[name]["scored_texts"] = sum(r["proposals"] - r["unusable_proposals"] - r["unscored"]
+                                        for r in eligible)
+        out[name]["unusable_share"] = (sum(r["unusable_proposals"] for r in eligible)
+                                       / max(1, sum(r["proposals"] for r in eligible)))
+        steps = [t for r in eligible for t in r["trace"]]
+        out[name]["feasible_improvers_step_1_later"] = [
+            sum(t["feasible"] for t in steps if t["step"] == 1),
+            sum(t["feasible"] for t in steps if t["step"] > 1)]
+    pairs = [(seca[i]["p_target_after"], rand[i]["p_target_after"]) for i in ids
+             if seca[i]["eligible"]]
+    out["paired_p_target_after"] = {"seca_above": sum(a > b for a, b in pairs),
+                                    "equal": sum(a == b for a, b in pairs),
+                                    "seca_below": sum(a < b for a, b in pairs)}
+    return out
+
+
+def print_comparison(result: dict) -> None:
+    """The comparison as a markdown table and a success list."""
+    s, r = result["seca"], result["random"]
+
+    def fmt(x, spec=".3f"):
+        return "—" if x is None else format(x, spec)
+
+    rows = [("questions / eligible", f"{result['questions']} / {s['eligible']}",
+             f"{result['questions']} / {r['eligible']}"),
+            ("attacked (ASR)", f"{s['attacked']} / {s['eligible']} ({fmt(s['asr'], '.1%')})",
+             f"{r['attacked']} / {r['eligible']} ({fmt(r['asr'], '.1%')})"),
+            ("texts scored (target queries)", str(s["scored_texts"]), str(r["scored_texts"])),
+            ("target queries per question / per success",
+             f"{fmt(s['mean_target_queries_per_question'], '.1f')} / "
+             f"{fmt(s['mean_target_queries_per_success'], '.1f')}",
+             f"{fmt(r['mean_target_queries_per_question'], '.1f')} / "
+             f"{fmt(r['mean_target_queries_per_success'], '.1f')}"),
+            ("mean p(target) before -> after",
+             f"{fmt(s['mean_p_target_before'])} -> {fmt(s['mean_p_target_after'])}",
+             f"{fmt(r['mean_p_target_before'])} -> {fmt(r['mean_p_target_after'])}"),
+            ("unusable proposals", fmt(s["unusable_share"], ".0%"),
+             fmt(r["unusable_share"], ".0%")),
+            ("feasible improvers in step 1 / later steps",
+             "{} / {}".format(*s["feasible_improvers_step_1_later"]),
+             "{} / {}".format(*r["feasible_improvers_step_1_later"])),
+            ("final rewrites failing equivalence / coherence",
+             f"{fmt(s['final_equivalence_error_rate'], '.0%')} / "
+             f"{fmt(s['final_coherence_error_rate'], '.0%')}",
+             f"{fmt(r['final_equivalence_error_rate'], '.0%')} / "
+             f"{fmt(r['final_coherence_error_rate'], '.0%')}")]
+    print("| | SECA | random baseline (same texts scored) |\n| --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    paired = result["paired_p_target_after"]
+    print(f"\nfinal p(target), per eligible question: SECA above random {paired['seca_above']}, "
+          f"equal {paired['equal']}, below {paired['seca_below']}")
+    for name in ("seca", "random"):
+        print(f"\n{name} successes ({len(result[name]['successes'])}):")
+        for w in result[name]["successes"]:
+            print(f"- {w['original']} -> {w['rewrite']} (p {w['p_target_before']:.3f} -> "
+                  f"{w['p_target_after']:.3f})")
+
+
+def run_pair(questions: str | None, limit: int | None, iterations: int, runs: Path,
+             name: str) -> tuple[Path, Path]:
+    """SECA then its matched random baseline (both resumable) under ``runs``."""
+    config = SecaConfig(questions=questions, limit=limit, iterations=iterations, seed=0,
+                        device="cpu")
+    seca_run, random_run = runs / f"{name}-seca", runs / f"{name}-random"
+    run_seca(config, out=seca_run, resume=True)
+    run_seca(replace(config, baseline="random", match=str(seca_run)), out=random_run,
+             resume=True)
+    return seca_run, random_run
+
+
+def main_compare(args: argparse.Namespace) -> None:
+    if args.report_only:
+        if args.seca_run is None or args.random_run is None:
+            raise SystemExit("--report-only needs --seca-run and --random-run")
+        seca_run, random_run = args.seca_run, args.random_run
+    else:
+        questions = None if args.set == "builtin" else args.set
+        name = "builtin" if questions is None else Path(questions).stem
+        seca_run, random_run = run_pair(questions, args.limit, args.iterations, args.runs, name)
+    result = compare(seca_run, random_run)
+    print_comparison(result)
+    out = random_run.parent / f"compare-{random_run.name}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=models.DEFAULT_LM,
@@ -91,8 +220,23 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=3, help="M")
     parser.add_argument("--repeat", type=int, default=3, help="timings per way (best kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--compare", action="store_true",
+                        help="SECA against the matched random baseline (module doc)")
+    parser.add_argument("--set", default="builtin",
+                        help="--compare: 'builtin' or a question file [default: %(default)s]")
+    parser.add_argument("--limit", type=int, default=None, help="--compare: first N questions")
+    parser.add_argument("--iterations", type=int, default=30, help="--compare: search steps")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "seca-compare",
+                        help="--compare: folder of the two run folders")
+    parser.add_argument("--report-only", action="store_true",
+                        help="--compare: compare --seca-run and --random-run, run nothing")
+    parser.add_argument("--seca-run", type=Path, default=None)
+    parser.add_argument("--random-run", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare:
+        main_compare(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         model = str(save_roomy_lm(Path(tmp) / "tiny")) if args.model == "tiny" else args.model
         result = bench(model, args.questions, args.parents, args.candidates, args.repeat)

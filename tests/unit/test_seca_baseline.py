@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from seca_support import QUESTION, ScriptedProposer, save_roomy_lm, save_tiny_embedder
 
-from bbzo.attacks.seca.baseline import parent_selection
+from bbzo.attacks.seca.baseline import MATCHED_STEPS, parent_selection
 from bbzo.attacks.seca.constraints import Verdict
 from bbzo.attacks.seca.objective import OptionObjective
 from bbzo.attacks.seca.questions import Question
@@ -121,7 +121,7 @@ def records(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
 
 
-def test_matched_baseline_spends_no_more_and_compares_field_by_field(runs):
+def test_matched_baseline_spends_the_same_and_compares_field_by_field(runs):
     _, root, seca, baseline = runs
     assert (seca["method"], baseline["method"]) == ("seca", "random")
     assert set(seca) == set(baseline)
@@ -134,9 +134,29 @@ def test_matched_baseline_spends_no_more_and_compares_field_by_field(runs):
             continue
         scored = s["proposals"] - s["unusable_proposals"] - s["unscored"]
         assert r["scored_budget"] == scored > 0
-        assert r["proposals"] - r["unusable_proposals"] - r["unscored"] <= scored
-        assert r["target_requests"] <= s["target_requests"]
-    assert baseline["mean_target_queries_per_question"] <= seca["mean_target_queries_per_question"]
+        assert r["proposals"] - r["unusable_proposals"] - r["unscored"] == scored
+        assert r["target_requests"] == s["target_requests"]
+    assert baseline["mean_target_queries_per_question"] == seca["mean_target_queries_per_question"]
+
+
+def scored(record: dict) -> int:
+    return record["proposals"] - record["unusable_proposals"] - record["unscored"]
+
+
+def test_matched_baseline_spends_the_budget_when_fewer_proposals_are_usable(runs, tmp_path):
+    """One usable proposal per parent and step (SECA's run had up to three): the baseline takes
+    more steps (at most ``MATCHED_STEPS`` x iterations) and still scores exactly SECA's texts."""
+    config, root, _, _ = runs
+    sparse = ScriptedProposer(lambda step, i, j, parent: f"{parent} ~{step}.{i}" if j == 0
+                              else None)
+    run_seca(replace(config, baseline="random", match=str(root / "seca")), out=tmp_path / "r",
+             proposer=sparse)
+    pairs = [(r, s) for r, s in zip(records(tmp_path / "r"), records(root / "seca"), strict=True)
+             if r["eligible"]]
+    assert pairs and any(r["steps"] > config.iterations for r, _ in pairs)
+    for r, s in pairs:
+        assert scored(r) == scored(s) if not r["stopped_early"] else scored(r) <= scored(s)
+        assert r["steps"] <= MATCHED_STEPS * config.iterations
 
 
 def test_matched_baseline_asks_the_proposer_about_the_original_only(runs):

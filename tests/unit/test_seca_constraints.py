@@ -122,6 +122,19 @@ def test_judge_verdicts_and_counted_parse_failures():
     assert all(k in prompt for k in [*CRITERIA, "fluent"])
 
 
+def test_judge_of_a_question_without_options():
+    """``attack check`` pairs carry no options: the judge is asked without options or answer."""
+    reply = json.dumps({k: 1 for k in [*CRITERIA, "fluent"]})
+    target = ScriptedTarget(lambda r: {"text": reply}, ["chat"])
+    bare = QUESTION.__class__("p1", QUESTION.question, (), 0)
+    (equivalent, fluent), = LLMJudge(QueryLayer(target)).check(bare, ["Which is France's capital?"])
+    assert equivalent.passed and fluent.passed
+    prompt = target.seen[0].payload["messages"][0]["content"]
+    assert "Options:" not in prompt and "Correct answer of the original" not in prompt
+    assert "Rewritten: Which is France's capital?" in prompt
+    assert all(k in prompt for k in [*CRITERIA, "fluent"])
+
+
 class Rule:
     """A constraint passing texts by a rule; records what it was asked."""
 

@@ -14,7 +14,14 @@ from seca_support import QUESTION, ScriptedProposer
 from bbzo.attacks.seca.cascade import offline_checks
 from bbzo.attacks.seca.constraints import Checks, OptionLeak
 from bbzo.attacks.seca.questions import Question
-from bbzo.attacks.seca.rules import TRANSFORMS, HybridProposer, RulesProposer, apply
+from bbzo.attacks.seca.rules import (
+    TRANSFORMS,
+    HybridProposer,
+    RulesProposer,
+    apply,
+    frame,
+    unframe,
+)
 from bbzo.attacks.seca.run import SecaConfig, _needed_roles
 
 PAIRS = [json.loads(x) for x in
@@ -45,6 +52,26 @@ def test_rewrites_of_rewrites_keep_the_meaning():
         for step in range(3):
             parents = [t for t in proposer.propose(q, parents, 2, step) if t] or parents
         assert all(all(v.passed for v in vs) for vs in checks.check(q, parents)), parents
+
+
+def test_a_framed_parent_keeps_its_frame_and_has_its_question_transformed():
+    """SECA's parents are often framed rewrites; the rules still apply to their question."""
+    checks = Checks([OptionLeak(), *offline_checks()])
+    proposer = RulesProposer(seed=0)
+    for i, original in enumerate(ORIGINALS):
+        q = Question(f"q{i}", original, ("alpha", "beta"), 0)
+        framed = frame(original, random.Random(i), q)
+        if framed is None:
+            continue
+        prefix, body = unframe(framed)
+        assert prefix and body == original
+        texts = [t for t in proposer.propose(q, [framed], 4, 0) if t]
+        assert all(t.startswith(prefix) and t.count(":") == framed.count(":") for t in texts)
+        assert all(all(v.passed for v in vs) for vs in checks.check(q, texts)), texts
+    q = Question("q", "What is the largest planet?", ("Jupiter", "Mars"), 0)
+    texts = RulesProposer(seed=0).propose(q, ["Quick question: what is the largest planet?"], 6, 0)
+    assert None not in texts and len(set(texts)) > 1
+    assert all(t.startswith("Quick question: ") for t in texts)
 
 
 @pytest.mark.parametrize("name, text, expected", [

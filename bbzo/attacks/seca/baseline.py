@@ -11,8 +11,11 @@ pick which rewrites go to the checks (those beating the best so far) and which f
 reported: best of n random feasible rephrasings.
 
 Equal budget: by default the same iterations x parents x candidates. With ``match`` (a SECA run
-folder), each question may score at most as many texts as SECA scored on it there, so with the
-same objective both spend the same target queries per question (SECA's early stop included).
+folder), each question scores as many texts as SECA scored on it there, so with the same
+objective both spend the same target queries per question (SECA's early stop included). Its
+proposals may be unusable at another rate than SECA's (rewrites of the original vs of the
+best rewrites), so a matched baseline may take up to ``MATCHED_STEPS`` times the iterations to
+spend that budget, never more texts; it stops early only when the target option wins.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ from bbzo.runs.reader import check_fields, read_run, show
 
 STRATEGIES: dict[str, Selection] = {"random": initial_parents}
 BASELINES = tuple(STRATEGIES)
+MATCHED_STEPS = 3  # most iterations of a matched baseline, as a multiple of SECA's
+
+
+def step_limit(iterations: int, max_scored: int | None) -> int:
+    """Most search steps of a question: ``iterations``, or ``MATCHED_STEPS`` times as many when
+    a matched budget (``max_scored`` texts) is what ends the search."""
+    return iterations if max_scored is None else MATCHED_STEPS * iterations
 
 
 def parent_selection(baseline: str | None) -> Selection:

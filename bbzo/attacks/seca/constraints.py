@@ -205,14 +205,19 @@ class LLMJudge:
         self.max_tokens = int_at_least("judge max_tokens", max_tokens)
 
     def prompt(self, question: Question, text: str) -> str:
-        """The judge's instruction for one rewrite."""
-        answer, options = question.option_text(question.answer), question.options_text()
+        """The judge's instruction for one rewrite (a question without options, as in
+        ``attack check`` pairs, is judged without the options and the answer)."""
+        if question.choices:
+            answer = question.option_text(question.answer)
+            kind, context = "multiple-choice question", (
+                f"Options: {question.options_text()}\nCorrect answer of the original: {answer}\n")
+        else:
+            answer, kind, context = "the same as the original's", "question", ""
         items = "\n".join(f"- {k}: {v.format(answer=answer)}"
                           for k, v in {**CRITERIA, **FLUENCY}.items())
         example = json.dumps({k: 1 for k in [*CRITERIA, *FLUENCY]})
-        return (f"Compare an original multiple-choice question with a rewritten version.\n"
-                f"Original: {question.question}\nRewritten: {text}\nOptions: {options}\n"
-                f"Correct answer of the original: {answer}\n"
+        return (f"Compare an original {kind} with a rewritten version.\n"
+                f"Original: {question.question}\nRewritten: {text}\n{context}"
                 f"Answer each item with 1 (yes) or 0 (no):\n{items}\n"
                 f"Reply with JSON only, for example {example}")
 

@@ -157,11 +157,26 @@ TRANSFORMS: dict[str, Transform] = {
     "passive": passive, "contract": contract, "swap": swap}
 
 
+def unframe(text: str) -> tuple[str, str]:
+    """(framing prefix, the question after it, capitalised) of a text ``frame`` made; ("",
+    ``text``) for any other text."""
+    for prefix in FRAMES:
+        if text.startswith(prefix) and len(text) > len(prefix):
+            body = text[len(prefix):]
+            return prefix, body[0].upper() + body[1:]
+    return "", text
+
+
+# Transformations of a framed question's body: those whose result ``frame`` accepts again.
+BODY_TRANSFORMS = ("which_of", "front", "back", "passive", "contract", "swap")
+
+
 def apply(text: str, rng: random.Random, question: Question, steps: int = 2) -> str | None:
     """Up to ``steps`` transformations of ``text`` in a random order (each applied once);
-    None when none applies."""
-    out = text
-    names = list(TRANSFORMS)
+    None when none applies. A framed question ("Quick question: what is ...?", e.g. a SECA
+    parent) keeps its frame and has its question transformed."""
+    prefix, out = unframe(text)
+    names = list(BODY_TRANSFORMS if prefix else TRANSFORMS)
     rng.shuffle(names)
     done = 0
     for name in names:
@@ -172,6 +187,7 @@ def apply(text: str, rng: random.Random, question: Question, steps: int = 2) -> 
             out, done = changed, done + 1
             if done < steps and rng.random() < 0.5:
                 break
+    out = prefix + _lower_first(out) if prefix else out
     return out if out != text else None
 
 

@@ -51,7 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from bbzo.attacks.seca.baseline import BASELINES, matched_budgets, parent_selection
+from bbzo.attacks.seca.baseline import (
+    BASELINES,
+    matched_budgets,
+    parent_selection,
+    step_limit,
+)
 from bbzo.attacks.seca.cascade import build_constraints
 from bbzo.attacks.seca.constraints import Checks, Verdict
 from bbzo.attacks.seca.objective import OBJECTIVES, Objective, make_objective
@@ -119,8 +124,9 @@ class SecaConfig:
         device: torch device of local models (None: CUDA if present, else CPU).
         local_batch: requests per forward pass of local models.
         baseline: None for SECA, ``random`` for the random feasible-rephrasing baseline.
-        match: a SECA run folder whose texts scored per question cap the baseline's (baseline
-            only; None: the same iterations x parents x candidates).
+        match: a SECA run folder whose texts scored per question set the baseline's budget
+            (baseline only; up to ``baseline.MATCHED_STEPS`` x iterations to spend it; None:
+            the same iterations x parents x candidates).
     """
 
     questions: str | None = None
@@ -399,7 +405,7 @@ def _attack(q: Question, config: SecaConfig, parts: SecaParts, roles: Roles,
         search = seca_search(
             q, objective=parts.objective, proposer=parts.proposer, checks=parts.checks,
             target=target, parents=config.parents, candidates=config.candidates,
-            iterations=config.iterations, original_logp=logp0,
+            iterations=step_limit(config.iterations, max_scored), original_logp=logp0,
             select=parent_selection(config.baseline), max_scored=max_scored,
             progress=None if progress is None else lambda i, n: progress("search", i, n))
         best = search.best

@@ -21,6 +21,7 @@ from bbzo.blackbox.zo.modules import (
     random_mask,
     standardize,
 )
+from bbzo.blackbox.zo.noise import NoiseGenerator, NoiseTable
 from bbzo.blackbox.zo.objective import Objective
 from bbzo.blackbox.zo.population import (
     AskTell,
@@ -58,7 +59,8 @@ __all__ = [
     "elite_parents", "estimate_gradient", "Estimator", "EvolutionStrategy", "gaussian_mutation",
     "GeneticAlgorithm", "history_subspace", "hizoo", "initial_parents", "low_rank",
     "magnitude_mask", "make_estimator", "make_module", "minimize", "Module", "MODULES", "momentum",
-    "Objective", "OptimizeResult", "orthogonal", "population_minimize", "PopulationSearch",
+    "NoiseGenerator", "NoiseTable", "Objective", "OptimizeResult", "orthogonal",
+    "population_minimize", "PopulationSearch",
     "Probe", "random_mask", "RankEstimator", "replay", "resample_mutation", "resample_rows", "RGE",
     "row_crossover", "seeded_normal", "SeededChain", "SeededPerturbation", "SeededZO", "sign",
     "standardize", "StepRecord", "uniform_crossover", "uniform_parents", "zo_function", "zo_step",

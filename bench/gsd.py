@@ -59,7 +59,7 @@ from bbzo.blackbox.zo.population import Brood, PopulationSearch, population_mini
 from bbzo.errors import InputError
 from bbzo.privacy.gsd.accounting import PrivacyLedger, rho_from_epsilon
 from bbzo.privacy.gsd.domain import Domain
-from bbzo.privacy.gsd.evaluate import marginal_errors
+from bbzo.privacy.gsd.evaluate import ErrorMeter
 from bbzo.privacy.gsd.ga import QueryFitness, code_dtype, one_cell_crossover, one_cell_mutation
 from bbzo.privacy.gsd.mechanisms import gaussian_measure
 from bbzo.privacy.gsd.queries import (
@@ -167,6 +167,7 @@ class Bench:
         self.path = args.out / RUNS_FILE
         self.records = [] if not self.path.exists() else [
             json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self.meter = ErrorMeter(domain.sizes, codes, error_classes())
         self.began = time.perf_counter()
 
     def find(self, method: str, epsilon: float, seed: int) -> dict | None:
@@ -184,8 +185,7 @@ class Bench:
         try:
             table, timing = self.fit(method, epsilon, seed)
             record.update(timing)
-            for name, err in marginal_errors(self.domain.sizes, self.codes, table,
-                                             error_classes()).items():
+            for name, err in self.meter(table).items():
                 record.update({f"{name}_max": err["max"], f"{name}_mean": err["mean"]})
         except (RuntimeError, InputError, subprocess.TimeoutExpired, OSError) as error:
             record["error"] = " ".join(str(error).split())[:300]
@@ -353,9 +353,9 @@ def main() -> None:
                   f"full {s['full_gen_per_s']:8.3f} gen/s, ratio {s['ratio']:7.1f}x")
     if "compare" in args.parts:
         bench = Bench(args, domain, codes)
-        for seed in seeds:  # AIM, the slowest, after every other run
-            for method in (m for m in methods if m != "aim"):
-                for epsilon in epsilons:
+        for seed in seeds:  # one (ε, seed) comparison complete before the next; AIM last
+            for epsilon in epsilons:
+                for method in (m for m in methods if m != "aim"):
                     bench.run(method, epsilon, seed)
         for seed in seeds:
             for epsilon in epsilons:

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 import bbzo.privacy.gsd.sweep as sweep_module
 from bbzo.cli.main import cli
 from bbzo.errors import InputError
-from bbzo.privacy.gsd.domain import Domain
-from bbzo.privacy.gsd.evaluate import evaluate_run, ml_efficacy
+from bbzo.privacy.gsd.evaluate import ErrorMeter, evaluate_run, marginal_errors, ml_efficacy
 from bbzo.privacy.gsd.sweep import PLOT, RECORDS, SUMMARY, run_sweep, sub_run_name
 
 SIZES = np.array([4, 3, 2, 2])  # columns a, b, c, y
@@ -77,6 +76,15 @@ def test_ml_efficacy_with_one_target_class_in_the_synthetic_rows_predicts_it():
 def test_ml_efficacy_refuses_bad_arguments(target, fraction, match):
     with pytest.raises(InputError, match=match):
         ml_efficacy(SIZES, planted(20, 0), planted(20, 1), target, test_fraction=fraction)
+
+
+def test_error_meter_matches_marginal_errors_and_is_zero_on_the_data_itself():
+    real, other = planted(200, 0), planted(90, 1)
+    classes = ("1way", "2way", "3way", "prefix")
+    meter = ErrorMeter(SIZES, real, classes)
+    assert meter(other) == marginal_errors(SIZES, real, other, classes)
+    assert meter(other)["2way"]["max"] > 0
+    assert all(e["max"] == 0 for e in meter(real).values())
 
 
 def fit_run(data, domain, out):

@@ -20,6 +20,9 @@
    * ``gsd_prefix`` (and ``gsd_halfspace``): GSD fitting 2-way marginals and the
      non-differentiable prefix (halfspace) queries, the workload where GSD should win.
 
+   With ``--ml-target COLUMN`` each table's ML efficacy too (``ml_efficacy``: train on the
+   table, test on held-out true rows, against train on true rows).
+
    Results are appended to ``<out>/gsd_runs.jsonl`` as each run ends; a rerun with the same
    ``--out`` skips the runs already there (``--fresh`` starts over). ``--stop-after S`` starts
    no new run after S seconds. The summary (mean ± sd over seeds) goes to ``<out>/gsd.json``,
@@ -47,7 +50,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +61,7 @@ from bbzo.blackbox.zo.population import Brood, PopulationSearch, population_mini
 from bbzo.errors import InputError
 from bbzo.privacy.gsd.accounting import PrivacyLedger, rho_from_epsilon
 from bbzo.privacy.gsd.domain import Domain
-from bbzo.privacy.gsd.evaluate import ErrorMeter
+from bbzo.privacy.gsd.evaluate import ErrorMeter, ml_efficacy
 from bbzo.privacy.gsd.ga import QueryFitness, code_dtype, one_cell_crossover, one_cell_mutation
 from bbzo.privacy.gsd.mechanisms import gaussian_measure
 from bbzo.privacy.gsd.queries import (
@@ -137,20 +139,21 @@ def timed(fit: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def run_peer(python: str, method: str, epsilon: float, delta: float, seed: int, rows: int,
-             model_size: float, timeout: float, domain: Domain) -> tuple[np.ndarray, dict]:
-    """A SmartNoise synthesizer's table (as codes) and its timing, from the peer runner."""
-    with tempfile.TemporaryDirectory(prefix="bbzo-gsd-peer-") as tmp:
-        out = Path(tmp) / f"{method}.csv"
-        spec = {"method": method, "data": str(ADULT / "adult.csv"), "epsilon": epsilon,
-                "delta": delta, "seed": seed, "rows": rows, "max_model_size": model_size,
-                "out": str(out)}
-        done = subprocess.run([python, str(RUNNER), json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{method} runner failed (exit {done.returncode}): {tail}")
-        timing = json.loads(done.stdout.strip().splitlines()[-1])
-        return domain.encode(out), timing
+             model_size: float, timeout: float, domain: Domain,
+             keep: Path) -> tuple[np.ndarray, dict]:
+    """A SmartNoise synthesizer's table (as codes) and its timing, from the peer runner; the
+    table is kept as ``keep`` (CSV) for inspection."""
+    spec = {"method": method, "data": str(ADULT / "adult.csv"), "epsilon": epsilon,
+            "delta": delta, "seed": seed, "rows": rows, "max_model_size": model_size,
+            "out": str(keep)}
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([python, str(RUNNER), json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{method} runner failed (exit {done.returncode}): {tail}")
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    return domain.encode(keep), timing
 
 
 def error_classes() -> tuple[str, ...]:
@@ -187,6 +190,11 @@ class Bench:
             record.update(timing)
             for name, err in self.meter(table).items():
                 record.update({f"{name}_max": err["max"], f"{name}_mean": err["mean"]})
+            if self.args.ml_target is not None:
+                ml = ml_efficacy(self.domain.sizes, self.codes, table,
+                                 self.domain.names.index(self.args.ml_target), seed=seed)
+                record.update({f"ml_{k}": v for k, v in ml["synthetic"].items()})
+                record.update({f"ml_{k}_ratio": v for k, v in ml["ratio"].items()})
         except (RuntimeError, InputError, subprocess.TimeoutExpired, OSError) as error:
             record["error"] = " ".join(str(error).split())[:300]
         print(f"  {method:<15} eps={epsilon:<4} seed={seed}: "
@@ -206,7 +214,8 @@ class Bench:
                                    "one (see the docstring) and pass --peer-python")
             return run_peer(args.peer_python, method, epsilon, self.delta, seed,
                             args.peer_rows or len(self.codes), args.aim_model_size,
-                            args.peer_timeout, self.domain)
+                            args.peer_timeout, self.domain,
+                            args.out / "tables" / f"{method}-eps{epsilon:g}-seed{seed}.csv")
         if method == "independent":
             table, wall, cpu = timed(lambda: independent_baseline(
                 self.domain, self.codes, epsilon, args.rows, seed))
@@ -324,6 +333,10 @@ def main() -> None:
                         help="seconds one MST/AIM run may take")
     parser.add_argument("--equal-time", choices=("wall", "cpu"), default="wall",
                         help="the seconds gsd_equal_time matches: MST's wall or CPU seconds")
+    parser.add_argument("--ml-target", default=None,
+                        help="also measure ML efficacy predicting this column, e.g. income>50K "
+                             "(logistic regression trained on each table, tested on 30%% of the "
+                             "true rows, against training on the other 70%%)")
     parser.add_argument("--stop-after", type=float, default=None,
                         help="start no new comparison run after this many seconds")
     parser.add_argument("--fresh", action="store_true", help="forget the recorded runs")

@@ -24,10 +24,10 @@
    table, test on held-out true rows, against train on true rows).
 
    Results are appended to ``<out>/gsd_runs.jsonl`` as each run ends; a rerun with the same
-   ``--out`` skips the runs already there (``--fresh`` starts over). ``--stop-after S`` starts
-   no new run after S seconds. The summary (mean ± sd over seeds) goes to ``<out>/gsd.json``,
-   ``<out>/gsd.png`` and stdout. Errors are measured on the true data (not private: a
-   benchmark).
+   ``--out`` skips the runs already there (``--fresh`` starts over; MST/AIM tables are kept
+   in ``<out>/tables``). ``--stop-after S`` starts no new run after S seconds. The summary
+   (mean ± sd over seeds) goes to ``<out>/gsd.json``, ``<out>/gsd.png`` and stdout. Errors
+   are measured on the true data (not private: a benchmark).
 
 Peers: SmartNoise (``smartnoise-synth``) pins ``opendp`` 0.14 and ``mbi`` 1.1, older than
 what bbzo's tests use, so install it into its own environment and point ``--peer-python`` at
@@ -46,6 +46,7 @@ Without a peer interpreter the MST/AIM rows are reported as missing, not crashed
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import subprocess
@@ -170,8 +171,12 @@ class Bench:
         self.path = args.out / RUNS_FILE
         self.records = [] if not self.path.exists() else [
             json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        self.meter = ErrorMeter(domain.sizes, codes, error_classes())
         self.began = time.perf_counter()
+
+    @functools.cached_property
+    def meter(self) -> ErrorMeter:
+        """The true data's answers, computed at the first run that needs them."""
+        return ErrorMeter(self.domain.sizes, self.codes, error_classes())
 
     def find(self, method: str, epsilon: float, seed: int) -> dict | None:
         return next((r for r in self.records if (r["method"], r["epsilon"], r["seed"])

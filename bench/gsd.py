@@ -272,6 +272,7 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     columns = [f"{c}_{s}" for c in error_classes() for s in ("max", "mean")] + ["seconds",
                                                                                 "cpu_seconds"]
+    columns += [c for c in ("ml_balanced_accuracy_ratio",) if any(c in r for r in rows)]
     print(f"{'method':<15} {'eps':>4} {'n':>2} " + " ".join(f"{c:>17}" for c in columns))
     for row in rows:
         if not row["seeds"]:

@@ -194,7 +194,8 @@ class Bench:
             table, timing = self.fit(method, epsilon, seed)
             record.update(timing)
             for name, err in self.meter(table).items():
-                record.update({f"{name}_max": err["max"], f"{name}_mean": err["mean"]})
+                record.update({f"{name}_max": err["max"], f"{name}_mean": err["mean"],
+                               f"{name}_workload_max": err["mean_workload_max"]})
             if self.args.ml_target is not None:
                 ml = ml_efficacy(self.domain.sizes, self.codes, table,
                                  self.domain.names.index(self.args.ml_target), seed=seed)

@@ -6,7 +6,8 @@
    against a full recount of every child, at N′ = 2,000 and 32,000 rows; and their ratio.
 2. Comparison (``--parts compare``), at ε ∈ {0.1, 0.5, 1.0}, δ = 1/N², for each seed, side by
    side, max and mean absolute error on 2-way and 3-way marginals and prefix queries (and
-   halfspaces when bbzo has that query class), wall and CPU seconds per run, of:
+   halfspaces when bbzo has that query class; ``_workload_max``: the mean over workloads of
+   each one's largest error), wall and CPU seconds per run, of:
 
    * ``gsd``: ``PrivateGSD`` oneshot fitting ``--queries`` (default 2way; the rest held out);
    * ``independent``: every 1-way marginal measured with the whole budget, columns sampled

@@ -7,8 +7,9 @@ quadratic (condition 10, Gaussian noise of σ = 10⁻³·f(x0) on every value; e
 the same noise stream).
 
 Budgets (queries per problem, the same for every method): 4,000 at d = 10, 20,000 at
-d = 100, 40,000 at d = 1,000 (40 per dimension), 50,000 at d = 10,000 (5 per dimension:
-a query costs ~1 ms there, and the slowest peer, NGOpt, ~12 ms).
+d = 100, 40,000 at d = 1,000 (40 per dimension), 20,000 at d = 10,000 (2 per dimension:
+a query costs ~1 ms of CPU there, the slowest peer, NGOpt, ~3 ms, and the runs had to fit a
+shared two-core machine).
 
 Methods:
 - ``bbzo default``: ``bbzo.minimize(fun, x0, budget=B)``;
@@ -21,10 +22,11 @@ Methods:
 - ``NGOpt``: nevergrad's ``NGOpt`` ask/tell, one point at a time;
 - ``Powell``, ``Nelder-Mead``: ``scipy.optimize.minimize`` with ``maxfev`` and a hard stop at
   the budget; both skipped at d = 10,000 (their d × d direction set / (d + 1) × d simplex is
-  800 MB, and 5 queries per dimension do not finish one sweep of Powell's line searches).
+  800 MB, and 2 queries per dimension do not finish one sweep of Powell's line searches).
 
-Every run stops at the budget or at ``--time-cap`` seconds of wall time, whichever comes first;
-a capped run is reported with the queries it had spent (its gap is of the point it reached).
+Every run stops at the budget or at ``--time-cap`` seconds of CPU time (of this process, so
+that a loaded machine does not change the results), whichever comes first; a capped run is
+reported with the queries it had spent (its gap is of the point it reached).
 
 Reported per cell: the relative gap (f(x) − f*)/(f(x0) − f*), noise-free, of the point each
 method returns, and queries per second (wall time of the whole run; the packages are imported
@@ -66,7 +68,7 @@ TIME_CAP_S = 300.0
 # regression, which comes from L-BFGS).
 FLOOR = 1e-12
 SKIPPED = {
-    ("Powell", 10_000): "d x d direction set (800 MB); 5 queries/dim do not finish one sweep",
+    ("Powell", 10_000): "d x d direction set (800 MB); 2 queries/dim do not finish one sweep",
     ("Nelder-Mead", 10_000): "(d+1) x d simplex (800 MB); its first simplex alone is 10,001 "
                              "queries",
 }

@@ -37,7 +37,9 @@ are built from that file (a later record of the same cell replaces an earlier on
     python bench/peers.py [--quick] [--dims 10 100 1000 10000] [--methods ...]
                           [--problems ...] [--time-cap 300] [--out bench/out] [--fresh]
 
-``--quick`` runs d ∈ {10, 100} at small budgets and a smaller sweep (about a minute on an idle
+(``bench/`` comes first on ``sys.path``: ``bbzo`` is the installed one; for an uninstalled
+checkout or another worktree run it with ``PYTHONPATH=.``.) ``--quick`` runs d ∈ {10, 100} at
+small budgets and a smaller sweep (about a minute on an idle
 core).
 """
 

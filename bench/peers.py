@@ -315,15 +315,9 @@ def main() -> None:
         grid = "quick" if args.quick else "large" if d >= 10_000 else "full"
         problems = suite(d)
         for i in args.problems if args.problems is not None else range(len(problems)):
-            auto = None
             for name in args.methods or METHODS:
-                if name == "bbzo default" and auto is not None and auto.get("chosen") == "zo-sgd":
-                    # the same call but for auto's 2-query noise check: not run twice
-                    record = auto | {"method": name, "note": "the run of bbzo auto"}
-                else:
-                    record = run_method(name, problems[i], d, budgets[d], args.seed,
-                                        args.time_cap, grid)
-                auto = record if name == "bbzo auto" else auto
+                record = run_method(name, problems[i], d, budgets[d], args.seed,
+                                    args.time_cap, grid)
                 record["load"] = os.getloadavg()[0]
                 with path.open("a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -12,6 +12,7 @@ import torch
 
 import bbzo
 from bbzo.blackbox.zo.auto import (
+    FORWARD_MIN_D,
     FULL_COVARIANCE_MAX_D,
     NOISY_GENERATIONS,
     POWELL_MAX_D,
@@ -78,6 +79,18 @@ def test_auto_on_noise_runs_cma_with_the_noisy_population():
     res = bbzo.minimize(noisy_sphere(), np.zeros(4), method="auto", budget=6_000)
     first_generation = res.history[0]["nqueries"] - 2  # after the noise check
     assert res.method == "cma-es" and first_generation == noisy_popsize(4, 5_998) == 19
+
+
+@pytest.mark.parametrize("d, queries_per_step", [
+    (FORWARD_MIN_D - 1, lambda q: 2 * q + 1),   # central differences and f(x)
+    (FORWARD_MIN_D, lambda q: q + 1),           # forward differences (f(x) among them)
+])
+def test_auto_zo_sgd_takes_forward_differences_from_forward_min_d(d, queries_per_step):
+    p = quadratic(d, cond=10.0, rotation="fast")
+    res = bbzo.minimize(p.fun, p.x0, method="auto", budget=3_000)
+    steps = np.diff([h["nqueries"] for h in res.history])[1:]  # after the line search
+    assert res.method == "zo-sgd" and res.nqueries <= 3_000
+    assert set(steps.tolist()) == {queries_per_step(default_q(d, 2_998))}
 
 
 def test_auto_on_a_smooth_small_problem_runs_powell():

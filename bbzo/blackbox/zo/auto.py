@@ -33,12 +33,13 @@ POWELL_MAX_D = 50
 # 1.2e-2 with 200, 8.2e-2 with 400).
 NOISY_GENERATIONS = 300
 # From this d on, ZO-SGD under "auto" takes forward differences with a small radius: q + 1
-# queries a step instead of 2q (measured, bench/peers.py, relative gaps central → forward:
-# d = 1,000, 40k queries: quadratic 5.4e-3 → 2.1e-3, Rosenbrock 3.902e-3 → 3.902e-3,
-# logistic 7.9e-9 → 7.4e-7; d = 10,000, 20k queries: quadratic 0.18 → 0.085, Rosenbrock
-# 0.46 → 0.17). Below it the default central differences stay.
+# queries a step instead of 2q, and a bias (μ/2)·uᵀHu small enough not to set a floor
+# (measured, bench/peers.py, relative gaps central → forward μ = 1e-7: d = 1,000, 40k
+# queries: quadratic 5.4e-3 → 2.1e-3, Rosenbrock 3.902e-3 → 3.902e-3, logistic 7.9e-9 →
+# 9.7e-12 (μ = 1e-5: 7.4e-7); d = 10,000, 20k queries, μ = 1e-5: quadratic 0.18 → 0.085,
+# Rosenbrock 0.46 → 0.17, logistic 0.25 → 0.093). Below it central differences stay.
 FORWARD_MIN_D = 1000
-FORWARD_MU = 1e-5
+FORWARD_MU = 1e-7
 
 
 def default_q(d: int, budget: int | None) -> int:

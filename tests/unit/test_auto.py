@@ -11,7 +11,15 @@ import pytest
 import torch
 
 import bbzo
-from bbzo.blackbox.zo.auto import FULL_COVARIANCE_MAX_D, POWELL_MAX_D, choose_method, default_q
+from bbzo.blackbox.zo.auto import (
+    FORWARD_MIN_D,
+    FULL_COVARIANCE_MAX_D,
+    NOISY_GENERATIONS,
+    POWELL_MAX_D,
+    choose_method,
+    default_q,
+    noisy_popsize,
+)
 from bbzo.blackbox.zo.problems import quadratic
 from bbzo.blackbox.zo.step_size import SecantStep
 from bbzo.blackbox.zo.transforms import Probe
@@ -29,8 +37,12 @@ from bbzo.errors import InputError
     (1_000, 40_000, False, True, "zo-sgd"),
     (10_000, 100_000, False, True, "zo-sgd"),
     (10, 4_000, True, True, "cma-es"),                # noise: sampling, not differences
-    (FULL_COVARIANCE_MAX_D, 40_000, True, True, "cma-es"),
-    (FULL_COVARIANCE_MAX_D + 1, 40_000, True, True, "sep-cma-es"),
+    (100, 20_000, True, True, "cma-es"),              # ... full covariance, budget >= d²
+    (100, 5_000, True, True, "sep-cma-es"),           # ... budget < d²: separable
+    (FULL_COVARIANCE_MAX_D, None, True, True, "cma-es"),
+    (FULL_COVARIANCE_MAX_D, 40_000, True, True, "sep-cma-es"),
+    (FULL_COVARIANCE_MAX_D + 1, None, True, True, "sep-cma-es"),
+    (10_000, 20_000, True, True, "sep-cma-es"),
     (10, 4_000, True, False, "zo-sgd"),               # no cma: ZO-SGD
 ])
 def test_choice_per_regime(d, budget, noisy, cma, expected):
@@ -52,6 +64,33 @@ def test_auto_detects_noise_and_counts_the_check():
     res = bbzo.minimize(fun, np.zeros(4), method="auto", budget=600)
     assert res.method == ("cma-es" if importlib.util.find_spec("cma") else "zo-sgd")
     assert calls[0] == 2 and sum(calls) == res.nqueries <= 600  # the noise check is counted
+
+
+@pytest.mark.parametrize("d, budget, popsize", [
+    (10, None, 10), (10, 1_000, 10), (1_000, 40_000, 40_000 // NOISY_GENERATIONS),
+    (10_000, 20_000, 66), (10_000, 5_000, 31),
+])
+def test_noisy_popsize(d, budget, popsize):
+    assert noisy_popsize(d, budget) == popsize
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cma") is None, reason="needs the cma package")
+def test_auto_on_noise_runs_cma_with_the_noisy_population():
+    res = bbzo.minimize(noisy_sphere(), np.zeros(4), method="auto", budget=6_000)
+    first_generation = res.history[0]["nqueries"] - 2  # after the noise check
+    assert res.method == "cma-es" and first_generation == noisy_popsize(4, 5_998) == 19
+
+
+@pytest.mark.parametrize("d, queries_per_step", [
+    (FORWARD_MIN_D - 1, lambda q: 2 * q + 1),   # central differences and f(x)
+    (FORWARD_MIN_D, lambda q: q + 1),           # forward differences (f(x) among them)
+])
+def test_auto_zo_sgd_takes_forward_differences_from_forward_min_d(d, queries_per_step):
+    p = quadratic(d, cond=10.0, rotation="fast")
+    res = bbzo.minimize(p.fun, p.x0, method="auto", budget=3_000)
+    steps = np.diff([h["nqueries"] for h in res.history])[1:]  # after the line search
+    assert res.method == "zo-sgd" and res.nqueries <= 3_000
+    assert set(steps.tolist()) == {queries_per_step(default_q(d, 2_998))}
 
 
 def test_auto_on_a_smooth_small_problem_runs_powell():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from bbzo.blackbox.zo.estimators import RGE
 from bbzo.blackbox.zo.objective import Objective
 from bbzo.blackbox.zo.step_size import repeat_differs
 from bbzo.errors import InputError
@@ -26,6 +27,19 @@ FULL_COVARIANCE_MAX_D = 1000
 CMA_MIN_BUDGET_PER_D2 = 1
 # Largest d for Powell's method (one query at a time, a d × d direction set).
 POWELL_MAX_D = 50
+# On noisy values CMA-ES gets a population of budget / NOISY_GENERATIONS (at least pycma's
+# default): a large population averages the noise out of the ranking (measured at d = 1,000,
+# 40k queries, sep-CMA-ES: relative gap 6.2e-2 with pycma's λ = 24, 1.3e-2 with λ = 96,
+# 1.2e-2 with 200, 8.2e-2 with 400).
+NOISY_GENERATIONS = 300
+# From this d on, ZO-SGD under "auto" takes forward differences with a small radius: q + 1
+# queries a step instead of 2q, and a bias (μ/2)·uᵀHu small enough not to set a floor
+# (measured, bench/peers.py, relative gaps central → forward μ = 1e-7: d = 1,000, 40k
+# queries: quadratic 5.4e-3 → 2.1e-3, Rosenbrock 3.902e-3 → 3.902e-3, logistic 7.9e-9 →
+# 9.7e-12 (μ = 1e-5: 7.4e-7); d = 10,000, 20k queries, μ = 1e-5: quadratic 0.18 → 0.085,
+# Rosenbrock 0.46 → 0.17, logistic 0.25 → 0.093). Below it central differences stay.
+FORWARD_MIN_D = 1000
+FORWARD_MU = 1e-7
 
 
 def default_q(d: int, budget: int | None) -> int:
@@ -49,8 +63,10 @@ def default_q(d: int, budget: int | None) -> int:
 def choose_method(d: int, budget: int | None, noisy: bool, cma_available: bool) -> str:
     """The method "auto" runs (measured side by side in ``bench/peers.py``).
 
-    - noisy values: CMA-ES (full covariance up to ``FULL_COVARIANCE_MAX_D``, separable above);
-      differences of noisy values (ZO-SGD, Powell's line searches) drown in the noise;
+    - noisy values: CMA-ES (differences of noisy values, ZO-SGD's and Powell's line searches',
+      drown in the noise) with the full covariance where it can learn it (d ≤
+      ``FULL_COVARIANCE_MAX_D`` and a budget of at least ``CMA_MIN_BUDGET_PER_D2``·d²),
+      separable otherwise;
     - noise-free, d ≤ ``POWELL_MAX_D``: Powell's method (superlinear on smooth functions);
     - noise-free, d ≤ ``FULL_COVARIANCE_MAX_D`` and a budget of at least
       ``CMA_MIN_BUDGET_PER_D2``·d² queries (or none): CMA-ES, whose covariance has then had the
@@ -65,22 +81,33 @@ def choose_method(d: int, budget: int | None, noisy: bool, cma_available: bool) 
         noisy: two evaluations of the same point differed.
         cma_available: the ``cma`` package can be imported.
     """
+    full_covariance = d <= FULL_COVARIANCE_MAX_D and (
+        budget is None or budget >= CMA_MIN_BUDGET_PER_D2 * d * d)
     if noisy:
         if not cma_available:
             return "zo-sgd"
-        return "cma-es" if d <= FULL_COVARIANCE_MAX_D else "sep-cma-es"
+        return "cma-es" if full_covariance else "sep-cma-es"
     if d <= POWELL_MAX_D:
         return "powell"
-    learns_covariance = budget is None or budget >= CMA_MIN_BUDGET_PER_D2 * d * d
-    if cma_available and d <= FULL_COVARIANCE_MAX_D and learns_covariance:
+    if cma_available and full_covariance:
         return "cma-es"
     return "zo-sgd"
 
 
+def noisy_popsize(d: int, budget: int | None) -> int:
+    """CMA-ES's population on noisy values: budget / ``NOISY_GENERATIONS``, at least pycma's
+    default 4 + ⌊3 ln d⌋ (the default when the budget is unlimited)."""
+    popsize = 4 + int(3 * math.log(d))
+    return popsize if budget is None else max(popsize, budget // NOISY_GENERATIONS)
+
+
 def choose_for(objective: Objective, x: torch.Tensor, *, zo_arguments: dict[str, Any],
-               estimator: Any, modules: Any, options: dict | None) -> str:
-    """``choose_method`` for this objective and start point; refuses method-specific settings
-    (they would silently not apply to the other kind of method)."""
+               estimator: Any, modules: Any, options: dict | None) -> tuple[str, dict]:
+    """``choose_method`` for this objective and start point, and the settings of the chosen
+    method as ``minimize`` keywords (``options`` with a CMA population for noisy values,
+    ``estimator`` with forward differences for ZO-SGD from d = ``FORWARD_MIN_D``, else none);
+    refuses method-specific settings (they would silently not apply to the other kind of
+    method)."""
     given = [k for k, v in zo_arguments.items() if v is not None]
     given += ["estimator"] * (estimator != "rge")
     given += ["modules"] * bool(modules if isinstance(modules, Sequence) else True)
@@ -94,4 +121,12 @@ def choose_for(objective: Objective, x: torch.Tensor, *, zo_arguments: dict[str,
                       "(pip install 'bbzo[cma]' for CMA-ES)", stacklevel=3)
     left = objective.budget.remaining_queries
     noisy = (left is None or left >= 2) and repeat_differs(objective, x)
-    return choose_method(x.numel(), objective.budget.remaining_queries, noisy, cma_available)
+    left = objective.budget.remaining_queries
+    d = x.numel()
+    method = choose_method(d, left, noisy, cma_available)
+    if method in ("cma-es", "sep-cma-es") and noisy:
+        return method, {"options": {"popsize": noisy_popsize(d, left)}}
+    if method == "zo-sgd" and not noisy and d >= FORWARD_MIN_D:
+        return method, {"estimator": RGE(q=default_q(d, left), mu=FORWARD_MU,
+                                         difference="forward")}
+    return method, {}

@@ -189,8 +189,9 @@ def minimize(fun: Callable[[Any], Any], x0: Any, *, method: str = "zo-sgd",
     stopping = _Stopping(objective, callback, target, ftol, window)
     zo_arguments = {"q": q, "mu": mu, "lr": lr}
     if method == "auto":
-        method = choose_for(objective, x, zo_arguments=zo_arguments, estimator=estimator,
-                            modules=modules, options=options)
+        method, chosen = choose_for(objective, x, zo_arguments=zo_arguments,
+                                    estimator=estimator, modules=modules, options=options)
+        options, estimator = chosen.get("options"), chosen.get("estimator", estimator)
     if method in CMA_METHODS or method == "powell":
         given = [k for k, v in zo_arguments.items() if v is not None]
         given += ["estimator"] * (estimator != "rge") + ["modules"] * bool(modules)

@@ -199,7 +199,8 @@ def evaluate_guard(artifact: str | Path, forget: str | Path, retain: str | Path,
                    max_tokens: int = MAX_TOKENS, seed: int = 0) -> dict:
     """Accuracy on ``forget`` / ``retain`` (/ ``utility``) before and with the guard, and the
     classifier's error rates (forget prompts are the positives; retain and utility prompts
-    the negatives). Writes ``summary.json`` into ``out`` and returns it.
+    the negatives). Writes ``summary.json`` into ``out`` and returns it. The model must answer
+    ``option_loglik`` requests: an API model (``openai:``) is refused before ``out`` is made.
 
     ``metrics="tofu"`` adds TOFU's figures (``bbzo.unlearn.metrics.tofu_report``, greedy
     generations of up to ``max_tokens`` tokens) before and with the guard: per set

@@ -199,7 +199,8 @@ def evaluate_guard(artifact: str | Path, forget: str | Path, retain: str | Path,
                    max_tokens: int = MAX_TOKENS, seed: int = 0) -> dict:
     """Accuracy on ``forget`` / ``retain`` (/ ``utility``) before and with the guard, and the
     classifier's error rates (forget prompts are the positives; retain and utility prompts
-    the negatives). Writes ``summary.json`` into ``out`` and returns it.
+    the negatives). Writes ``summary.json`` into ``out`` and returns it. The model must answer
+    ``option_loglik`` requests: an API model (``openai:``) is refused before ``out`` is made.
 
     ``metrics="tofu"`` adds TOFU's figures (``bbzo.unlearn.metrics.tofu_report``, greedy
     generations of up to ``max_tokens`` tokens) before and with the guard: per set
@@ -217,6 +218,10 @@ def evaluate_guard(artifact: str | Path, forget: str | Path, retain: str | Path,
     f_q, r_q = load_sets(forget, retain, seed)
     u_q = load_questions(utility, seed=seed) if utility is not None else None
     guarded = guarded_target(artifact, model, mode)
+    if "option_loglik" not in guarded.capabilities:
+        raise InputError(f"{guarded.lm.id} gives no answer-option log-likelihoods (it answers "
+                         f"{', '.join(sorted(guarded.capabilities))}), so accuracy cannot be "
+                         f"scored on it; evaluate on a local model (hf:<model>)")
     retain_model = None if reference is None else _target(reference)
     _, fit_options = load_artifact(artifact)
     fit_report = json.loads((Path(artifact) / "report.json").read_text(encoding="utf-8"))

@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n = 1,000 on 2 images")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--methods", nargs="+", choices=sorted(RUNNERS), default=list(RUNNERS),
                         help="which methods to run (default: all; art only when installed)")

@@ -136,8 +136,9 @@ def _smoothing_options(command: Any) -> Any:
         click.option("--n", "n", type=int, default=10_000, show_default=True),
         click.option("--alpha", type=float, default=0.001, show_default=True),
         click.option("--limit", type=int, default=None, help="First K images only."),
-        click.option("--batch", type=int, default=1000, show_default=True,
-                     help="Noisy inputs per query-layer submit."),
+        click.option("--batch", type=int, default=4096, show_default=True,
+                     help="Noisy inputs per query-layer submit (whole blocks of 512); results do "
+                          "not depend on it."),
         click.option("--max-queries", type=int, default=None,
                      help="Most black-box queries this call may send."),
     ]

@@ -64,7 +64,7 @@ class SmoothingSettings:
     n0: int = 100
     n: int = 10_000
     alpha: float = 0.001
-    batch: int = 1000
+    batch: int = 4096
 
     def __post_init__(self) -> None:
         def alpha() -> None:

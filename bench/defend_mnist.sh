@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The ZO-AE-DS table of the README on MNIST-5k at sigma = 0.25: a plain CNN as the black box,
+# every training variant, each certified with Cohen's CERTIFY (n0 = 100, n = 10,000,
+# alpha = 0.001) on the first LIMIT test images, then one table and one plot.
+#
+#   bash bench/defend_mnist.sh [OUT]          # default OUT: runs/defend-mnist5k
+#   EPOCHS=10 LIMIT=200 N=10000 SEED=0 bash bench/defend_mnist.sh OUT
+#
+# Restartable: a step whose summary.json exists is skipped, an interrupted one resumes
+# (--resume), so a killed run repeats no finished training epoch and no answered query.
+# The autoencoder is pre-trained once (by the FO-AE-DS run) and shared by the ZO-AE-DS runs.
+set -euo pipefail
+OUT=${1:-runs/defend-mnist5k}
+EPOCHS=${EPOCHS:-10}
+AE_EPOCHS=${AE_EPOCHS:-30}
+LIMIT=${LIMIT:-200}
+N=${N:-10000}
+SEED=${SEED:-0}
+BBZO=${BBZO:-bbzo}
+mkdir -p "$OUT"
+
+step() {  # step DIR COMMAND...: run COMMAND --out DIR, resuming a started DIR
+    local dir=$1; shift
+    if [ -f "$dir/summary.json" ]; then echo "done: $dir"; return; fi
+    if [ -d "$dir" ]; then "$@" --out "$dir" --seed "$SEED" --resume
+    else "$@" --out "$dir" --seed "$SEED"; fi
+}
+
+if [ ! -f "$OUT/classifier/training.json" ]; then
+    $BBZO defend train-classifier --data mnist5k --epochs 10 --out "$OUT/classifier" --seed "$SEED"
+fi
+CLF=$OUT/classifier
+TRAIN=($BBZO defend train --blackbox "$CLF" --data mnist5k --sigma 0.25 --epochs "$EPOCHS")
+step "$OUT/fo-ds" "${TRAIN[@]}" --method fo-ds
+step "$OUT/fo-ae-ds" "${TRAIN[@]}" --method fo-ae-ds --ae-epochs "$AE_EPOCHS"
+AE=(--autoencoder "$OUT/fo-ae-ds")
+step "$OUT/zo-ae-ds-cge" "${TRAIN[@]}" --method zo-ae-ds --estimator cge "${AE[@]}"
+step "$OUT/zo-ae-ds-rge-q20" "${TRAIN[@]}" --method zo-ae-ds --estimator rge --q 20 "${AE[@]}"
+step "$OUT/zo-ae-ds-rge-q48" "${TRAIN[@]}" --method zo-ae-ds --estimator rge --q 48 "${AE[@]}"
+step "$OUT/zo-ds-rge-q20" "${TRAIN[@]}" --method zo-ds --estimator rge --q 20
+
+CERTIFY=($BBZO defend certify --data mnist5k --sigma 0.25 --n0 100 --n "$N" --alpha 0.001
+         --limit "$LIMIT")
+RUNS=()
+for run in classifier fo-ds fo-ae-ds zo-ae-ds-cge zo-ae-ds-rge-q20 zo-ae-ds-rge-q48 zo-ds-rge-q20; do
+    step "$OUT/certify-$run" "${CERTIFY[@]}" --model "$OUT/$run"
+    RUNS+=("$OUT/certify-$run")
+done
+$BBZO defend compare "${RUNS[@]}" --plot "$OUT/certified.png" | tee "$OUT/compare.txt"

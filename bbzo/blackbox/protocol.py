@@ -16,6 +16,15 @@ Two forms of payload:
   turned into JSON numbers, so a numpy array and a CPU torch tensor with the same dtype, shape
   and values give the same key, and changing one element, the dtype or the shape changes it.
   ``payload`` hands targets the numpy copies.
+- *recipe-keyed dense*: a dense request whose arrays are a deterministic function of a recipe
+  the caller states (``Request(..., recipe=b"...")``, e.g. the seed, block and σ of Gaussian
+  noise added to an image of known digest) is keyed by that recipe instead of its arrays'
+  bytes: sha256 of the target id, the canonical dump (kinds, dtypes, shapes) and a tagged
+  sha256 of the recipe, so no hash runs over the arrays. The caller vouches that equal recipes
+  give equal arrays (the recipe must name everything the arrays depend on, the noise source
+  included). Recipe keys never equal content keys: what follows the dump in the hashed text is
+  ``NUL + 32 bytes`` for a content key and ``NUL + "\\0recipe" + 32 bytes`` for a recipe key
+  (canonical JSON holds no NUL).
 
 Kinds of request (a target declares which it supports in ``capabilities``):
 
@@ -59,6 +68,7 @@ from bbzo.errors import InputError, PermanentError, TargetError, TransientError
 
 KINDS = ("chat", "letter_logprobs", "option_loglik", "generate", "embed", "classify")
 ARRAY_TAG = "$array"
+_RECIPE_TAG = b"\0recipe"  # before a recipe's sha256 in a recipe-keyed request's digest
 _DENSE_KINDS = "biuf"  # numpy dtype kinds a dense array may have: bool, int, uint, float
 
 
@@ -205,6 +215,9 @@ class Request:
             (a dense request; targets receive read-only numpy copies).
         params: generation settings; JSON data.
         sample: index of this draw among repeated draws of the same request.
+        recipe: keyword only; for a dense request whose arrays are a deterministic function
+            of it, non-empty bytes naming how they were made: the key then covers the recipe
+            instead of the arrays' bytes (module doc). None (default): keyed by content.
         queries: model queries the request asks for (computed): the leading dimension n of
             ``payload["inputs"]`` for ``classify`` (at least 1), 1 for every other kind.
     """
@@ -213,6 +226,7 @@ class Request:
     payload: dict
     params: dict = field(default_factory=dict)
     sample: int = 0
+    recipe: bytes | None = field(default=None, kw_only=True, repr=False)
     queries: int = field(default=1, init=False)
     _frozen: str = field(default="", repr=False)
     _arrays: tuple[np.ndarray, ...] = field(default=(), repr=False)
@@ -224,6 +238,9 @@ class Request:
                              f"{', '.join(KINDS)}")
         if not isinstance(self.sample, int) or self.sample < 0:
             raise InputError(f"sample must be a non-negative integer, got {self.sample!r}")
+        if self.recipe is not None and (not isinstance(self.recipe, bytes) or not self.recipe):
+            raise InputError(f"recipe must be non-empty bytes describing how the arrays were "
+                             f"made, or None, got {type(self.recipe).__name__}")
         body = {"kind": self.kind, "payload": self.payload, "params": self.params,
                 "sample": self.sample}
         frozen, arrays = dumps_dense(body, canonical=True)  # == canonical_json without arrays
@@ -232,13 +249,20 @@ class Request:
         data = json.loads(frozen)
         if arrays:
             owned = [as_dense(array, copy=True) for array in arrays]
-            digest = hashlib.sha256()
-            for array in owned:
-                digest.update(array.data)
+            if self.recipe is None:
+                digest = hashlib.sha256()
+                for array in owned:
+                    digest.update(array.data)
+                object.__setattr__(self, "_digest", digest.digest())
+            else:
+                object.__setattr__(self, "_digest",
+                                   _RECIPE_TAG + hashlib.sha256(self.recipe).digest())
             object.__setattr__(self, "_arrays", tuple(owned))
-            object.__setattr__(self, "_digest", digest.digest())
             offsets = itertools.accumulate((a.nbytes for a in owned[:-1]), initial=0)
             data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
+        elif self.recipe is not None:
+            raise InputError("recipe keys only dense requests (arrays in the payload); this "
+                             "payload is plain JSON: drop recipe")
         object.__setattr__(self, "payload", data["payload"])
         object.__setattr__(self, "params", data["params"])
         object.__setattr__(self, "queries", _count_queries(self.kind, self.payload))
@@ -280,7 +304,7 @@ class Request:
 
     def key(self, target_id: str) -> str:
         """The ledger key: sha256 of the target's id and the canonical request (hex); for a
-        dense request, also of the sha256 of its arrays' bytes."""
+        dense request, also of the sha256 of its arrays' bytes, or of its tagged recipe."""
         if not self._digest:
             return hashlib.sha256(f"{target_id}\n{self._frozen}".encode()).hexdigest()
         h = _key_prefix(target_id, self._frozen).copy()

@@ -58,6 +58,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,14 @@ def _rebuild(node: Any, data: bytes) -> Any:
     return node
 
 
+def _recipe_digest(recipe: Any) -> bytes:
+    """What follows the NUL after a recipe-keyed request's dump in its key's hashed text."""
+    if not isinstance(recipe, bytes) or not recipe:
+        raise InputError(f"recipe must be non-empty bytes describing how the arrays were made, "
+                         f"or None, got {type(recipe).__name__}")
+    return _RECIPE_TAG + hashlib.sha256(recipe).digest()
+
+
 def _count_queries(kind: str, payload: Any) -> int:
     """``Request.queries``: for ``classify``, the leading dimension of ``payload["inputs"]``
     (an array or a list; at least 1: the target refuses empty inputs); else 1."""
@@ -238,9 +247,7 @@ class Request:
                              f"{', '.join(KINDS)}")
         if not isinstance(self.sample, int) or self.sample < 0:
             raise InputError(f"sample must be a non-negative integer, got {self.sample!r}")
-        if self.recipe is not None and (not isinstance(self.recipe, bytes) or not self.recipe):
-            raise InputError(f"recipe must be non-empty bytes describing how the arrays were "
-                             f"made, or None, got {type(self.recipe).__name__}")
+        recipe = None if self.recipe is None else _recipe_digest(self.recipe)
         body = {"kind": self.kind, "payload": self.payload, "params": self.params,
                 "sample": self.sample}
         frozen, arrays = dumps_dense(body, canonical=True)  # == canonical_json without arrays
@@ -255,8 +262,7 @@ class Request:
                     digest.update(array.data)
                 object.__setattr__(self, "_digest", digest.digest())
             else:
-                object.__setattr__(self, "_digest",
-                                   _RECIPE_TAG + hashlib.sha256(self.recipe).digest())
+                object.__setattr__(self, "_digest", recipe)
             object.__setattr__(self, "_arrays", tuple(owned))
             offsets = itertools.accumulate((a.nbytes for a in owned[:-1]), initial=0)
             data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
@@ -269,23 +275,33 @@ class Request:
 
     @classmethod
     def dense_batch(cls, kind: str, field: str, rows: Any, params: dict | None = None,
-                    sample: int = 0) -> list[Request]:
+                    sample: int = 0, *,
+                    recipes: Sequence[bytes] | None = None) -> list[Request]:
         """``[Request(kind, {field: row}, params, sample) for row in rows]`` (same keys) for an
         array or tensor ``rows`` (n, ...), in one pass: rows are copied together and the JSON
         part is dumped once, so each request costs little more than hashing its row (rows share
-        their shape, hence ``queries``)."""
+        their shape, hence ``queries``). ``recipes``: one ``recipe`` per row (recipe-keyed
+        requests, no hash over the rows)."""
         stacked = as_dense(rows, copy=True)
         if stacked is None or stacked.ndim < 1 or len(stacked) == 0:
             raise InputError(f"rows must be a non-empty numpy array or torch tensor (n, ...), "
                              f"got {type(rows).__name__}")
-        first = cls(kind, {field: stacked[0]}, params or {}, sample)
+        if recipes is not None and len(recipes) != len(stacked):
+            raise InputError(f"recipes must hold one recipe per row ({len(stacked)}), got "
+                             f"{len(recipes)}")
+        digests = [None] * len(stacked) if recipes is None else [_recipe_digest(r)
+                                                                 for r in recipes]
+        first = cls(kind, {field: stacked[0]}, params or {}, sample,
+                    recipe=None if recipes is None else recipes[0])
         params_text = canonical_json(first.params) if first.params else ""
         out = [first]
-        for row in stacked[1:]:
+        for i, row in enumerate(stacked[1:], 1):
             request = object.__new__(cls)  # a frozen copy of ``first`` with its own row
-            request.__dict__.update(first.__dict__, payload={field: row}, _arrays=(row,),
-                                    params=json.loads(params_text) if params_text else {},
-                                    _digest=hashlib.sha256(row.data).digest())
+            request.__dict__.update(
+                first.__dict__, payload={field: row}, _arrays=(row,),
+                params=json.loads(params_text) if params_text else {},
+                recipe=None if recipes is None else recipes[i],
+                _digest=digests[i] or hashlib.sha256(row.data).digest())
             out.append(request)
         return out
 

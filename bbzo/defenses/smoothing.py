@@ -242,19 +242,26 @@ class SmoothedClassifier:
         return inputs
 
     def _recipe_requests(self, x: np.ndarray, image: bytes, index: int, phase: int,
-                         start: int, stop: int) -> list[Request]:
+                         start: int, stop: int, stack: np.ndarray) -> list[Request]:
         """The requests of noisy copies ``start..stop`` of x (``start`` on a block boundary),
-        one per block, keyed by their recipe; the same inputs as ``_noisy``."""
-        buffer = torch.empty(NOISE_BLOCK, *x.shape)
-        sigma = self.settings.sigma
-        requests = []
-        for lo in range(start, stop, NOISE_BLOCK):
-            block, rows = lo // NOISE_BLOCK, min(stop - lo, NOISE_BLOCK)
-            inputs = _draw(self.seed, index, phase, block, buffer).numpy()[:rows]
-            np.multiply(inputs, np.float32(sigma), out=inputs)  # as torch's mul_(sigma)
-            inputs += x
-            recipe = block_recipe(image, sigma, self.seed, index, phase, block, rows)
-            requests.append(Request("classify", {"inputs": inputs}, recipe=recipe))
+        one per block, keyed by their recipe; the same inputs as ``_noisy``. ``stack``: float32
+        scratch (≥ stop − start rounded up to whole blocks, *x.shape), overwritten."""
+        sigma, rows = self.settings.sigma, stop - start
+        for lo in range(0, rows, NOISE_BLOCK):
+            _draw(self.seed, index, phase, (start + lo) // NOISE_BLOCK,
+                  torch.from_numpy(stack[lo:lo + NOISE_BLOCK]))
+        inputs = stack[:rows]
+        np.multiply(inputs, np.float32(sigma), out=inputs)  # as torch's mul_(sigma)
+        inputs += x
+        recipes = [block_recipe(image, sigma, self.seed, index, phase, (start + lo) // NOISE_BLOCK,
+                                min(rows - lo, NOISE_BLOCK)) for lo in range(0, rows, NOISE_BLOCK)]
+        full = rows // NOISE_BLOCK
+        requests = [] if not full else Request.dense_batch(
+            "classify", "inputs", inputs[:full * NOISE_BLOCK].reshape(full, NOISE_BLOCK, *x.shape),
+            recipes=recipes[:full])
+        if rows > full * NOISE_BLOCK:
+            requests.append(Request("classify", {"inputs": inputs[full * NOISE_BLOCK:]},
+                                    recipe=recipes[-1]))
         return requests
 
     def counts(self, x: np.ndarray, index: int, phase: int, num: int) -> np.ndarray:
@@ -271,9 +278,10 @@ class SmoothedClassifier:
                 for start in range(0, num, step)]
         if self.preprocess is None:
             image = image_digest(x)
+            stack = np.empty((step, *x.shape), dtype=np.float32)  # reused by every submit
 
             def prepare(phase: int, start: int, stop: int) -> list[Request]:
-                return self._recipe_requests(x, image, index, phase, start, stop)
+                return self._recipe_requests(x, image, index, phase, start, stop, stack)
             answer = self._top_classes
         else:
             def prepare(phase: int, start: int, stop: int) -> np.ndarray:

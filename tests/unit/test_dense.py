@@ -137,6 +137,23 @@ def test_a_recipe_keys_a_dense_request_by_the_recipe_never_like_content():
         .writeable is False  # still a private, frozen copy
 
 
+def test_dense_batch_with_recipes_builds_the_recipe_keyed_requests():
+    rows = images(3)[:, None]
+    recipes = [b"a", b"b", b"c"]
+    batch = Request.dense_batch("classify", "inputs", rows, recipes=recipes)
+    single = [Request("classify", {"inputs": row}, recipe=r)
+              for row, r in zip(rows, recipes, strict=True)]
+    assert [r.key("t") for r in batch] == [r.key("t") for r in single]
+    assert [r.recipe for r in batch] == recipes and batch == single
+    assert len({r.key("t") for r in batch}) == 3
+    assert not {r.key("t") for r in batch} & {
+        r.key("t") for r in Request.dense_batch("classify", "inputs", rows)}
+    with pytest.raises(InputError, match="one recipe per row"):
+        Request.dense_batch("classify", "inputs", rows, recipes=recipes[:2])
+    with pytest.raises(InputError, match="non-empty bytes"):
+        Request.dense_batch("classify", "inputs", rows, recipes=[b"a", b"", b"c"])
+
+
 @pytest.mark.parametrize("payload,recipe,needle", [
     ({"inputs": [[1.0]]}, b"r", "plain JSON"), ({"inputs": np.ones((1, 2))}, b"", "non-empty"),
     ({"inputs": np.ones((1, 2))}, "r", "bytes")])

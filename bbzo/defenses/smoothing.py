@@ -247,12 +247,13 @@ class SmoothedClassifier:
         one per block, keyed by their recipe; the same inputs as ``_noisy``. ``stack``: float32
         scratch (≥ stop − start rounded up to whole blocks, *x.shape), overwritten."""
         sigma, rows = self.settings.sigma, stop - start
-        for lo in range(0, rows, NOISE_BLOCK):
+        for lo in range(0, rows, NOISE_BLOCK):  # block by block, while it is in cache
             _draw(self.seed, index, phase, (start + lo) // NOISE_BLOCK,
                   torch.from_numpy(stack[lo:lo + NOISE_BLOCK]))
+            block = stack[lo:min(rows, lo + NOISE_BLOCK)]
+            np.multiply(block, np.float32(sigma), out=block)  # as torch's mul_(sigma)
+            block += x
         inputs = stack[:rows]
-        np.multiply(inputs, np.float32(sigma), out=inputs)  # as torch's mul_(sigma)
-        inputs += x
         recipes = [block_recipe(image, sigma, self.seed, index, phase, (start + lo) // NOISE_BLOCK,
                                 min(rows - lo, NOISE_BLOCK)) for lo in range(0, rows, NOISE_BLOCK)]
         full = rows // NOISE_BLOCK

@@ -127,7 +127,13 @@ def noise(seed: int, index: int, phase: int, start: int, stop: int, shape: tuple
         lo = (b - first) * NOISE_BLOCK
         _draw(seed, index, phase, b, out[lo:lo + NOISE_BLOCK])
     offset = first * NOISE_BLOCK
-    return out[start - offset:stop - offset].mul_(sigma).numpy()
+    return _scaled(out[start - offset:stop - offset].numpy(), sigma)
+
+
+def _scaled(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``noise`` (float32) times σ in place, as torch's ``mul_(sigma)`` rounds it (numpy: no
+    torch thread pool on a worker thread)."""
+    return np.multiply(noise, np.float32(sigma), out=noise)
 
 
 def image_digest(x: np.ndarray) -> bytes:
@@ -250,8 +256,7 @@ class SmoothedClassifier:
         for lo in range(0, rows, NOISE_BLOCK):  # block by block, while it is in cache
             _draw(self.seed, index, phase, (start + lo) // NOISE_BLOCK,
                   torch.from_numpy(stack[lo:lo + NOISE_BLOCK]))
-            block = stack[lo:min(rows, lo + NOISE_BLOCK)]
-            np.multiply(block, np.float32(sigma), out=block)  # as torch's mul_(sigma)
+            block = _scaled(stack[lo:min(rows, lo + NOISE_BLOCK)], sigma)
             block += x
         inputs = stack[:rows]
         recipes = [block_recipe(image, sigma, self.seed, index, phase, (start + lo) // NOISE_BLOCK,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from scipy.stats import binomtest, norm
 
@@ -28,6 +29,7 @@ from bbzo.defenses.smoothing import (
     SELECT,
     SmoothedClassifier,
     SmoothingSettings,
+    block_seed,
     lower_confidence_bound,
     max_certifiable_radius,
     noise,
@@ -145,6 +147,13 @@ def test_noise_does_not_depend_on_slicing() -> None:
                             for a in range(0, 1234, 97)])
     assert np.array_equal(whole, parts)
     assert not np.array_equal(whole, noise(5, 3, 1, 0, 1234, (1, 4, 4), 0.5))
+
+
+def test_noise_is_the_blocks_torch_draws_times_sigma() -> None:
+    got = noise(5, 2, ESTIMATE, 0, 700, (1, 4, 4), 0.3)
+    expected = torch.cat([torch.randn((NOISE_BLOCK, 1, 4, 4), generator=torch.Generator()
+                                      .manual_seed(block_seed(5, 2, ESTIMATE, b))) for b in (0, 1)])
+    assert np.array_equal(got, expected[:700].mul_(0.3).numpy())  # as earlier versions drew
 
 
 def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> None:

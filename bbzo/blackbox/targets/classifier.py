@@ -3,8 +3,10 @@
 A request carries ``payload["inputs"]`` shaped (n, *input_shape): a nested list of floats (the
 answer is ``{"probs": [[float] * classes] * n}``) or, for a dense request, a numpy array or torch
 tensor (the answer is ``{"probs": float64 array (n, classes)}``). Inputs of all requests of one
-call that share an input shape go to the model as one stacked float32 array, without a list round
-trip for dense requests (the HTTP endpoint still receives JSON lists: its wire format). Every
+call that share an input shape go to the model together (``predict_parts``): as one stacked
+float32 array, or, for a tuned ``TorchClassifier``, in chunks gathered straight from the
+requests' arrays; without a list round trip for dense requests (the HTTP endpoint still
+receives JSON lists: its wire format). Every
 answer is checked: finite, >= 0, rows summing to 1 within ``SUM_TOL`` (a bad reply is a
 ``TargetError``, never a silent score).
 

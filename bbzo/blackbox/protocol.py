@@ -16,6 +16,15 @@ Two forms of payload:
   turned into JSON numbers, so a numpy array and a CPU torch tensor with the same dtype, shape
   and values give the same key, and changing one element, the dtype or the shape changes it.
   ``payload`` hands targets the numpy copies.
+- *recipe-keyed dense*: a dense request whose arrays are a deterministic function of a recipe
+  the caller states (``Request(..., recipe=b"...")``, e.g. the seed, block and σ of Gaussian
+  noise added to an image of known digest) is keyed by that recipe instead of its arrays'
+  bytes: sha256 of the target id, the canonical dump (kinds, dtypes, shapes) and a tagged
+  sha256 of the recipe, so no hash runs over the arrays. The caller vouches that equal recipes
+  give equal arrays (the recipe must name everything the arrays depend on, the noise source
+  included). Recipe keys never equal content keys: what follows the dump in the hashed text is
+  ``NUL + 32 bytes`` for a content key and ``NUL + "\\0recipe" + 32 bytes`` for a recipe key
+  (canonical JSON holds no NUL).
 
 Kinds of request (a target declares which it supports in ``capabilities``):
 
@@ -49,6 +58,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +69,7 @@ from bbzo.errors import InputError, PermanentError, TargetError, TransientError
 
 KINDS = ("chat", "letter_logprobs", "option_loglik", "generate", "embed", "classify")
 ARRAY_TAG = "$array"
+_RECIPE_TAG = b"\0recipe"  # before a recipe's sha256 in a recipe-keyed request's digest
 _DENSE_KINDS = "biuf"  # numpy dtype kinds a dense array may have: bool, int, uint, float
 
 
@@ -176,6 +187,14 @@ def _rebuild(node: Any, data: bytes) -> Any:
     return node
 
 
+def _recipe_digest(recipe: Any) -> bytes:
+    """What follows the NUL after a recipe-keyed request's dump in its key's hashed text."""
+    if not isinstance(recipe, bytes) or not recipe:
+        raise InputError(f"recipe must be non-empty bytes describing how the arrays were made, "
+                         f"or None, got {type(recipe).__name__}")
+    return _RECIPE_TAG + hashlib.sha256(recipe).digest()
+
+
 def _count_queries(kind: str, payload: Any) -> int:
     """``Request.queries``: for ``classify``, the leading dimension of ``payload["inputs"]``
     (an array or a list; at least 1: the target refuses empty inputs); else 1."""
@@ -205,6 +224,9 @@ class Request:
             (a dense request; targets receive read-only numpy copies).
         params: generation settings; JSON data.
         sample: index of this draw among repeated draws of the same request.
+        recipe: keyword only; for a dense request whose arrays are a deterministic function
+            of it, non-empty bytes naming how they were made: the key then covers the recipe
+            instead of the arrays' bytes (module doc). None (default): keyed by content.
         queries: model queries the request asks for (computed): the leading dimension n of
             ``payload["inputs"]`` for ``classify`` (at least 1), 1 for every other kind.
     """
@@ -213,6 +235,7 @@ class Request:
     payload: dict
     params: dict = field(default_factory=dict)
     sample: int = 0
+    recipe: bytes | None = field(default=None, kw_only=True, repr=False)
     queries: int = field(default=1, init=False)
     _frozen: str = field(default="", repr=False)
     _arrays: tuple[np.ndarray, ...] = field(default=(), repr=False)
@@ -224,6 +247,7 @@ class Request:
                              f"{', '.join(KINDS)}")
         if not isinstance(self.sample, int) or self.sample < 0:
             raise InputError(f"sample must be a non-negative integer, got {self.sample!r}")
+        recipe = None if self.recipe is None else _recipe_digest(self.recipe)
         body = {"kind": self.kind, "payload": self.payload, "params": self.params,
                 "sample": self.sample}
         frozen, arrays = dumps_dense(body, canonical=True)  # == canonical_json without arrays
@@ -232,36 +256,52 @@ class Request:
         data = json.loads(frozen)
         if arrays:
             owned = [as_dense(array, copy=True) for array in arrays]
-            digest = hashlib.sha256()
-            for array in owned:
-                digest.update(array.data)
+            if self.recipe is None:
+                digest = hashlib.sha256()
+                for array in owned:
+                    digest.update(array.data)
+                object.__setattr__(self, "_digest", digest.digest())
+            else:
+                object.__setattr__(self, "_digest", recipe)
             object.__setattr__(self, "_arrays", tuple(owned))
-            object.__setattr__(self, "_digest", digest.digest())
             offsets = itertools.accumulate((a.nbytes for a in owned[:-1]), initial=0)
             data = _join_arrays(data, dict(zip(offsets, owned, strict=True)))
+        elif self.recipe is not None:
+            raise InputError("recipe keys only dense requests (arrays in the payload); this "
+                             "payload is plain JSON: drop recipe")
         object.__setattr__(self, "payload", data["payload"])
         object.__setattr__(self, "params", data["params"])
         object.__setattr__(self, "queries", _count_queries(self.kind, self.payload))
 
     @classmethod
     def dense_batch(cls, kind: str, field: str, rows: Any, params: dict | None = None,
-                    sample: int = 0) -> list[Request]:
+                    sample: int = 0, *,
+                    recipes: Sequence[bytes] | None = None) -> list[Request]:
         """``[Request(kind, {field: row}, params, sample) for row in rows]`` (same keys) for an
         array or tensor ``rows`` (n, ...), in one pass: rows are copied together and the JSON
         part is dumped once, so each request costs little more than hashing its row (rows share
-        their shape, hence ``queries``)."""
+        their shape, hence ``queries``). ``recipes``: one ``recipe`` per row (recipe-keyed
+        requests, no hash over the rows)."""
         stacked = as_dense(rows, copy=True)
         if stacked is None or stacked.ndim < 1 or len(stacked) == 0:
             raise InputError(f"rows must be a non-empty numpy array or torch tensor (n, ...), "
                              f"got {type(rows).__name__}")
-        first = cls(kind, {field: stacked[0]}, params or {}, sample)
+        if recipes is not None and len(recipes) != len(stacked):
+            raise InputError(f"recipes must hold one recipe per row ({len(stacked)}), got "
+                             f"{len(recipes)}")
+        digests = [None] * len(stacked) if recipes is None else [_recipe_digest(r)
+                                                                 for r in recipes]
+        first = cls(kind, {field: stacked[0]}, params or {}, sample,
+                    recipe=None if recipes is None else recipes[0])
         params_text = canonical_json(first.params) if first.params else ""
         out = [first]
-        for row in stacked[1:]:
+        for i, row in enumerate(stacked[1:], 1):
             request = object.__new__(cls)  # a frozen copy of ``first`` with its own row
-            request.__dict__.update(first.__dict__, payload={field: row}, _arrays=(row,),
-                                    params=json.loads(params_text) if params_text else {},
-                                    _digest=hashlib.sha256(row.data).digest())
+            request.__dict__.update(
+                first.__dict__, payload={field: row}, _arrays=(row,),
+                params=json.loads(params_text) if params_text else {},
+                recipe=None if recipes is None else recipes[i],
+                _digest=digests[i] or hashlib.sha256(row.data).digest())
             out.append(request)
         return out
 
@@ -280,7 +320,7 @@ class Request:
 
     def key(self, target_id: str) -> str:
         """The ledger key: sha256 of the target's id and the canonical request (hex); for a
-        dense request, also of the sha256 of its arrays' bytes."""
+        dense request, also of the sha256 of its arrays' bytes, or of its tagged recipe."""
         if not self._digest:
             return hashlib.sha256(f"{target_id}\n{self._frozen}".encode()).hexdigest()
         h = _key_prefix(target_id, self._frozen).copy()

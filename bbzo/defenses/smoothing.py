@@ -7,19 +7,27 @@ stage (a denoiser, an encoder + decoder) applied before the query.
 Noise is drawn in fixed blocks of ``NOISE_BLOCK`` samples, each from its own torch generator
 seeded by (seed, image index, phase, block); each block of noisy inputs is one dense
 ``classify`` request (inputs (k, C, H, W), answered with probabilities (k, classes)), so the
-ledger holds one row per block. Every noisy input counts as one query (a block of k inputs is k
-``Request.queries``): the layer's query budget is checked before a submit against the blocks
-the ledger cannot answer (``all_or_nothing``), and ``sent``/``cached`` count inputs. Blocks go
-out ``ceil(batch / NOISE_BLOCK)`` per submit (never n copies in memory); the requests, hence
-the counts and the certificate, do not depend on the batch size, on the order of the images,
-or on a resume (a resumed image sends the same blocks, the completed ones answered by the
-ledger).
+ledger holds one row per block. Without a ``preprocess`` stage a block's inputs are a
+deterministic function of (image bytes, σ, seed, index, phase, block, k, the noise source), so
+its request is keyed by that recipe (``block_recipe``, ``Request.recipe``) and no hash runs
+over the inputs; with one, by the inputs' bytes. While one submit is classified, the next
+one's noise is drawn and its requests built on a worker thread (torch's ``randn`` and numpy
+release the GIL); the inputs are the same as drawn in series.
+
+Every noisy input counts as one query (a block of k inputs is k ``Request.queries``): the
+layer's query budget is checked before a submit against the blocks the ledger cannot answer
+(``all_or_nothing``), and ``sent``/``cached`` count inputs. Blocks go out ``ceil(batch /
+NOISE_BLOCK)`` per submit (never n copies in memory); the requests, hence the counts and the
+certificate, do not depend on the batch size, on the order of the images, or on a resume (a
+resumed image sends the same blocks, the completed ones answered by the ledger).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,13 +35,15 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from bbzo.blackbox.budget import Budget
-from bbzo.blackbox.protocol import Request
+from bbzo.blackbox.protocol import Request, canonical_json
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.errors import InputError, TargetError
 from bbzo.runs.settings import check_fields
 
 NOISE_BLOCK = 512  # noisy inputs per generator and per request
 SELECT, ESTIMATE = 0, 1  # noise phases: CERTIFY's selection draws (n0), estimation draws (n)
+# What draws the noise, in every recipe key: another torch may draw other values.
+NOISE_SOURCE = f"torch {torch.__version__} CPU generator, randn float32"
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -101,6 +111,12 @@ def block_seed(seed: int, index: int, phase: int, block: int) -> int:
     return int(state[0])
 
 
+def _draw(seed: int, index: int, phase: int, block: int, out: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise of one whole block into ``out`` (``NOISE_BLOCK``, *shape)."""
+    generator = torch.Generator().manual_seed(block_seed(seed, index, phase, block))
+    return torch.randn(out.shape, generator=generator, out=out)
+
+
 def noise(seed: int, index: int, phase: int, start: int, stop: int, shape: tuple[int, ...],
           sigma: float) -> np.ndarray:
     """Noise samples ``start..stop`` (float32, (stop − start, *shape)) of image ``index``:
@@ -108,11 +124,41 @@ def noise(seed: int, index: int, phase: int, start: int, stop: int, shape: tuple
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
     out = torch.empty((last - first + 1) * NOISE_BLOCK, *shape)
     for b in range(first, last + 1):
-        generator = torch.Generator().manual_seed(block_seed(seed, index, phase, b))
         lo = (b - first) * NOISE_BLOCK
-        torch.randn((NOISE_BLOCK, *shape), generator=generator, out=out[lo:lo + NOISE_BLOCK])
+        _draw(seed, index, phase, b, out[lo:lo + NOISE_BLOCK])
     offset = first * NOISE_BLOCK
-    return out[start - offset:stop - offset].mul_(sigma).numpy()
+    return _scaled(out[start - offset:stop - offset].numpy(), sigma)
+
+
+def _scaled(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``noise`` (float32) times σ in place, as torch's ``mul_(sigma)`` rounds it (numpy: no
+    torch thread pool on a worker thread)."""
+    return np.multiply(noise, np.float32(sigma), out=noise)
+
+
+def image_digest(x: np.ndarray) -> bytes:
+    """sha256 of an image's dtype, shape and bytes (C order)."""
+    x = np.ascontiguousarray(x)
+    head = canonical_json({"dtype": x.dtype.str, "shape": list(x.shape)}).encode()
+    return hashlib.sha256(head + b"\0" + x.tobytes()).digest()
+
+
+def block_recipe(image: bytes, sigma: float, seed: int, index: int, phase: int, block: int,
+                 rows: int) -> bytes:
+    """The ``Request.recipe`` of a block's noisy inputs: its first ``rows`` noise samples
+    (``noise``) times ``sigma`` plus the image of digest ``image`` (``image_digest``)."""
+    return canonical_json({"noise": NOISE_SOURCE, "block_size": NOISE_BLOCK,
+                           "image": image.hex(), "sigma": float(sigma), "seed": int(seed),
+                           "index": int(index), "phase": int(phase), "block": int(block),
+                           "rows": int(rows)}).encode()
+
+
+def _sum_counts(parts: list[np.ndarray]) -> np.ndarray:
+    """The sum of class counts of different lengths (int64, as long as the longest)."""
+    out = np.zeros(max(len(part) for part in parts), dtype=np.int64)
+    for part in parts:
+        out[:len(part)] += part
+    return out
 
 
 @dataclass
@@ -169,13 +215,17 @@ class SmoothedClassifier:
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
         """Top classes (n,) of the black box for inputs (n, C, H, W): one dense request per
-        ``NOISE_BLOCK`` rows, sent in one submit, refused whole (``BudgetExceeded``, nothing
-        sent) when the layer's budget cannot cover the inputs the ledger cannot answer."""
+        ``NOISE_BLOCK`` rows (keyed by their bytes), sent in one submit, refused whole
+        (``BudgetExceeded``, nothing sent) when the layer's budget cannot cover the inputs the
+        ledger cannot answer."""
         if self.preprocess is not None:
             with torch.no_grad():
                 inputs = self.preprocess(torch.from_numpy(inputs)).numpy()
-        requests = [Request("classify", {"inputs": inputs[i:i + NOISE_BLOCK]})
-                    for i in range(0, len(inputs), NOISE_BLOCK)]
+        return self._top_classes([Request("classify", {"inputs": inputs[i:i + NOISE_BLOCK]})
+                                  for i in range(0, len(inputs), NOISE_BLOCK)])
+
+    def _top_classes(self, requests: list[Request]) -> np.ndarray:
+        """Top classes of the inputs of ``requests`` (in order), sent in one submit."""
         responses = self.layer.submit(requests, all_or_nothing=True)
         try:
             probs = np.concatenate([np.asarray(r.output["probs"], dtype=np.float64)
@@ -184,33 +234,81 @@ class SmoothedClassifier:
             raise TargetError(f"{self.layer.target.id} answered without a 'probs' table; "
                               f"smoothing needs a classifier returning class probabilities") \
                 from None
-        if probs.ndim != 2 or len(probs) != len(inputs):
+        rows = sum(request.queries for request in requests)
+        if probs.ndim != 2 or len(probs) != rows:
             raise TargetError(f"{self.layer.target.id} answered probabilities of shape "
-                              f"{probs.shape} for {len(inputs)} inputs")
+                              f"{probs.shape} for {rows} inputs")
         return probs.argmax(axis=1)
+
+    def _noisy(self, x: np.ndarray, index: int, phase: int, start: int,
+               stop: int) -> np.ndarray:
+        """Noisy copies ``start..stop`` of x (C, H, W): x + σ·noise (float32)."""
+        inputs = noise(self.seed, index, phase, start, stop, x.shape, self.settings.sigma)
+        inputs += x
+        return inputs
+
+    def _recipe_requests(self, x: np.ndarray, image: bytes, index: int, phase: int,
+                         start: int, stop: int, stack: np.ndarray) -> list[Request]:
+        """The requests of noisy copies ``start..stop`` of x (``start`` on a block boundary),
+        one per block, keyed by their recipe; the same inputs as ``_noisy``. ``stack``: float32
+        scratch (≥ stop − start rounded up to whole blocks, *x.shape), overwritten."""
+        sigma, rows = self.settings.sigma, stop - start
+        for lo in range(0, rows, NOISE_BLOCK):  # block by block, while it is in cache
+            _draw(self.seed, index, phase, (start + lo) // NOISE_BLOCK,
+                  torch.from_numpy(stack[lo:lo + NOISE_BLOCK]))
+            block = _scaled(stack[lo:min(rows, lo + NOISE_BLOCK)], sigma)
+            block += x
+        inputs = stack[:rows]
+        recipes = [block_recipe(image, sigma, self.seed, index, phase, (start + lo) // NOISE_BLOCK,
+                                min(rows - lo, NOISE_BLOCK)) for lo in range(0, rows, NOISE_BLOCK)]
+        full = rows // NOISE_BLOCK
+        requests = [] if not full else Request.dense_batch(
+            "classify", "inputs", inputs[:full * NOISE_BLOCK].reshape(full, NOISE_BLOCK, *x.shape),
+            recipes=recipes[:full])
+        if rows > full * NOISE_BLOCK:
+            requests.append(Request("classify", {"inputs": inputs[full * NOISE_BLOCK:]},
+                                    recipe=recipes[-1]))
+        return requests
 
     def counts(self, x: np.ndarray, index: int, phase: int, num: int) -> np.ndarray:
         """Class counts of the black box over ``num`` noisy copies of x (C, H, W)."""
-        tally: dict[int, int] = {}
+        return self._tallies(x, index, [(phase, num)])[0]
+
+    def _tallies(self, x: np.ndarray, index: int,
+                 draws: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """``counts`` for each (phase, num) of ``draws``, in order. Submits go out one after
+        another; each next submit's inputs are prepared on a worker thread meanwhile."""
         x = np.asarray(x, dtype=np.float32)
         step = NOISE_BLOCK * -(-self.settings.batch // NOISE_BLOCK)
-        for start in range(0, num, step):
-            stop = min(num, start + step)
-            inputs = noise(self.seed, index, phase, start, stop, x.shape, self.settings.sigma)
-            inputs += x
-            for c, k in zip(*np.unique(self.classify(inputs), return_counts=True), strict=True):
-                tally[int(c)] = tally.get(int(c), 0) + int(k)
-        out = np.zeros(max(tally) + 1, dtype=np.int64)
-        for c, k in tally.items():
-            out[c] = k
-        return out
+        work = [(i, phase, start, min(num, start + step)) for i, (phase, num) in enumerate(draws)
+                for start in range(0, num, step)]
+        if self.preprocess is None:
+            image = image_digest(x)
+            stack = np.empty((step, *x.shape), dtype=np.float32)  # reused by every submit
+
+            def prepare(phase: int, start: int, stop: int) -> list[Request]:
+                return self._recipe_requests(x, image, index, phase, start, stop, stack)
+            answer = self._top_classes
+        else:
+            def prepare(phase: int, start: int, stop: int) -> np.ndarray:
+                return self._noisy(x, index, phase, start, stop)
+            answer = self.classify
+        found: list[list[np.ndarray]] = [[] for _ in draws]  # per draw, per submit
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bbzo-noise") as pool:
+            ahead = pool.submit(prepare, *work[0][1:])
+            for k, (i, *_) in enumerate(work):
+                ready = ahead.result()
+                if k + 1 < len(work):
+                    ahead = pool.submit(prepare, *work[k + 1][1:])
+                found[i].append(np.bincount(answer(ready)))
+        return [_sum_counts(parts) for parts in found]
 
     def certify(self, x: np.ndarray, index: int) -> Certificate:
         """Cohen's CERTIFY: guess ĉ from n0 draws, bound P(ĉ) from n more; radius
         σ·Φ⁻¹(p̲) when p̲ > 1/2, else abstain."""
         s = self.settings
-        guess = int(self.counts(x, index, SELECT, s.n0).argmax())
-        counts = self.counts(x, index, ESTIMATE, s.n)
+        selection, counts = self._tallies(x, index, [(SELECT, s.n0), (ESTIMATE, s.n)])
+        guess = int(selection.argmax())
         top = int(counts[guess]) if guess < len(counts) else 0
         p_low = lower_confidence_bound(top, s.n, s.alpha)
         if p_low <= 0.5:

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from scipy.stats import binomtest, norm
 
+from bbzo.blackbox.protocol import Request, Response
 from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.serve.classifier import start_classifier_server
+from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.spec import load_target
 from bbzo.cli.main import cli
+from bbzo.defenses import smoothing
 from bbzo.defenses.certify import certify_run
 from bbzo.defenses.smoothing import (
+    ESTIMATE,
+    NOISE_BLOCK,
+    SELECT,
     SmoothedClassifier,
     SmoothingSettings,
+    block_seed,
     lower_confidence_bound,
     max_certifiable_radius,
     noise,
@@ -139,6 +149,13 @@ def test_noise_does_not_depend_on_slicing() -> None:
     assert not np.array_equal(whole, noise(5, 3, 1, 0, 1234, (1, 4, 4), 0.5))
 
 
+def test_noise_is_the_blocks_torch_draws_times_sigma() -> None:
+    got = noise(5, 2, ESTIMATE, 0, 700, (1, 4, 4), 0.3)
+    expected = torch.cat([torch.randn((NOISE_BLOCK, 1, 4, 4), generator=torch.Generator()
+                                      .manual_seed(block_seed(5, 2, ESTIMATE, b))) for b in (0, 1)])
+    assert np.array_equal(got, expected[:700].mul_(0.3).numpy())  # as earlier versions drew
+
+
 def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> None:
     target = load_target(f"torch:{arch}:brightness", device="cpu")
     target.tune = True
@@ -160,6 +177,101 @@ def test_every_noisy_input_is_one_query_in_blocks(arch: str, tmp_path: Path) -> 
         assert (short.layer.stats.queries, short.layer.budget.max_queries) == (10, 100)
         assert ledger.summary().requests == 4 + 1
         assert ledger.summary().queries == 1110 + 10
+
+
+def ledger_rows(path: Path) -> dict[str, bytes]:
+    """key -> the stored request bytes of every row of a ledger."""
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT key, request_arrays FROM queries"))
+
+
+def test_recipe_keyed_blocks_hold_the_serial_noise_and_certify_alike(arch: str,
+                                                                    tmp_path: Path) -> None:
+    target = load_target(f"torch:{arch}:brightness", device="cpu")
+    x, s = np.full((1, 4, 4), 0.52, np.float32), settings(n0=10, n=1100, batch=700)
+    certs = {}
+    for name, pre in (("recipe", None), ("content", lambda t: t)):  # pre: keys by content
+        with Ledger(tmp_path / f"{name}.sqlite", store_payloads=True) as ledger:
+            certs[name] = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1,
+                                             preprocess=pre).certify(x, 3)
+    assert certs["recipe"] == certs["content"]
+    recipe, content = ledger_rows(tmp_path / "recipe.sqlite"), \
+        ledger_rows(tmp_path / "content.sqlite")
+    assert not set(recipe) & set(content)
+    expected = [(noise(1, 3, phase, lo, min(num, lo + NOISE_BLOCK), (1, 4, 4), 0.25) + x)
+                .tobytes() for phase, num in ((SELECT, 10), (ESTIMATE, 1100))
+                for lo in range(0, num, NOISE_BLOCK)]
+    assert sorted(recipe.values()) == sorted(content.values()) == sorted(expected)
+
+
+def test_a_block_key_changes_with_image_sigma_seed_and_index(arch: str, tmp_path: Path) -> None:
+    target = load_target(f"torch:{arch}:brightness", device="cpu")
+    x = np.full((1, 4, 4), 0.52, np.float32)
+    nudged = x.copy()
+    nudged[0, 1, 2] = np.nextafter(nudged[0, 1, 2], np.float32(1))
+    runs = {"base": (x, 0.25, 1, 0), "image": (nudged, 0.25, 1, 0),
+            "sigma": (x, 0.3, 1, 0), "seed": (x, 0.25, 2, 0), "index": (x, 0.25, 1, 1)}
+    keys = {}
+    for name, (image, sigma, seed, index) in runs.items():
+        with Ledger(tmp_path / f"{name}.sqlite") as ledger:
+            SmoothedClassifier(QueryLayer(target, ledger=ledger),
+                               settings(sigma=sigma, n0=10, n=600), seed=seed).certify(image, index)
+        keys[name] = set(ledger_rows(tmp_path / f"{name}.sqlite"))
+    assert all(len(k) == 3 for k in keys.values())  # blocks: 10 | 512 + 88
+    assert len(set().union(*keys.values())) == 3 * len(runs)
+    with Ledger(tmp_path / "base.sqlite") as ledger:  # a rerun: every block from the ledger
+        again = SmoothedClassifier(QueryLayer(target, ledger=ledger, budget=1),
+                                   settings(n0=10, n=600), seed=1)
+        again.certify(x, 0)
+    assert (again.sent, again.cached) == (0, 610)
+
+
+class Waiting(Target):
+    """The brightness classifier; its first call waits (up to 10 s) for ``ready``."""
+
+    capabilities = frozenset({"classify"})
+    max_batch = 64
+
+    def __init__(self, inner: Target, ready: threading.Event) -> None:
+        self.inner, self.ready, self.waited = inner, ready, []
+        self.id = inner.id
+
+    def call(self, requests: list[Request]) -> list[Response]:
+        if not self.waited:
+            self.waited.append(self.ready.wait(10))
+        return self.inner.call(requests)
+
+
+def test_the_next_submits_noise_is_drawn_on_a_worker_while_one_is_classified(
+        arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn, ready, draw = [], threading.Event(), smoothing._draw
+
+    def recording(seed: int, index: int, phase: int, block: int, out):
+        drawn.append((phase, block, threading.current_thread().name))
+        if phase == ESTIMATE:
+            ready.set()  # the second submit's noise
+        return draw(seed, index, phase, block, out)
+
+    monkeypatch.setattr(smoothing, "_draw", recording)
+    target = Waiting(load_target(f"torch:{arch}:brightness", device="cpu"), ready)
+    s = settings(n0=10, n=1100, batch=512)
+    cert = SmoothedClassifier(QueryLayer(target), s, seed=1).certify(
+        np.full((1, 4, 4), 0.52, np.float32), 3)
+    assert target.waited == [True]  # drawn while the selection submit was being classified
+    assert [(p, b) for p, b, _ in drawn] == [(SELECT, 0), (ESTIMATE, 0), (ESTIMATE, 1),
+                                            (ESTIMATE, 2)]
+    assert all(name.startswith("bbzo-noise") for *_, name in drawn)
+    assert cert.queries == 1110
+
+
+def test_a_refused_submit_leaves_no_noise_thread(arch: str) -> None:
+    target = load_target(f"torch:{arch}:brightness", device="cpu")
+    short = SmoothedClassifier(QueryLayer(target, budget=600), settings(n0=10, n=1100,
+                                                                         batch=512), seed=1)
+    with pytest.raises(BudgetExceeded):
+        short.certify(np.full((1, 4, 4), 0.52, np.float32), 0)
+    assert short.sent == 10 + 512
+    assert not [t for t in threading.enumerate() if t.name.startswith("bbzo-noise")]
 
 
 def test_same_certificates_across_batch_sizes(arch: str, images: str, tmp_path: Path) -> None:

@@ -116,6 +116,63 @@ def test_dense_batch_builds_the_same_requests_as_one_by_one():
     assert batch[2].params == {"top": [1, 2]}
 
 
+def test_a_recipe_keys_a_dense_request_by_the_recipe_never_like_content():
+    import hashlib
+
+    x = images(2)
+    key = Request("classify", {"inputs": x}, recipe=b"seed 1").key("t")
+    frozen = Request("classify", {"inputs": x}).to_json()  # same dump: kind, dtype, shape
+    tail = b"\0\0recipe" + hashlib.sha256(b"seed 1").digest()
+    assert key == hashlib.sha256(f"t\n{frozen}".encode() + tail).hexdigest()
+    # the caller vouches that the recipe decides the arrays: other bytes, same key
+    assert Request("classify", {"inputs": x + 1}, recipe=b"seed 1").key("t") == key
+    others = [Request("classify", {"inputs": x}, recipe=b"seed 2"),
+              Request("classify", {"inputs": x}),  # content key of the same arrays
+              Request("classify", {"inputs": x[:1]}, recipe=b"seed 1"),  # shape
+              Request("classify", {"inputs": x}, {"temperature": 1}, recipe=b"seed 1")]
+    assert len({key} | {r.key("t") for r in others}) == 1 + len(others)
+    assert Request("classify", {"inputs": x}, recipe=b"seed 1").key("u") != key
+    assert Request("classify", {"inputs": x}, recipe=b"seed 1") != others[1]
+    assert Request("classify", {"inputs": x}, recipe=b"seed 1").payload["inputs"].flags \
+        .writeable is False  # still a private, frozen copy
+
+
+def test_dense_batch_with_recipes_builds_the_recipe_keyed_requests():
+    rows = images(3)[:, None]
+    recipes = [b"a", b"b", b"c"]
+    batch = Request.dense_batch("classify", "inputs", rows, recipes=recipes)
+    single = [Request("classify", {"inputs": row}, recipe=r)
+              for row, r in zip(rows, recipes, strict=True)]
+    assert [r.key("t") for r in batch] == [r.key("t") for r in single]
+    assert [r.recipe for r in batch] == recipes and batch == single
+    assert len({r.key("t") for r in batch}) == 3
+    assert not {r.key("t") for r in batch} & {
+        r.key("t") for r in Request.dense_batch("classify", "inputs", rows)}
+    with pytest.raises(InputError, match="one recipe per row"):
+        Request.dense_batch("classify", "inputs", rows, recipes=recipes[:2])
+    with pytest.raises(InputError, match="non-empty bytes"):
+        Request.dense_batch("classify", "inputs", rows, recipes=[b"a", b"", b"c"])
+
+
+@pytest.mark.parametrize("payload,recipe,needle", [
+    ({"inputs": [[1.0]]}, b"r", "plain JSON"), ({"inputs": np.ones((1, 2))}, b"", "non-empty"),
+    ({"inputs": np.ones((1, 2))}, "r", "bytes")])
+def test_a_bad_recipe_is_refused(payload, recipe, needle):
+    with pytest.raises(InputError, match=needle):
+        Request("classify", payload, recipe=recipe)
+
+
+def test_a_recipe_keyed_request_is_answered_from_the_ledger_on_a_rerun(tmp_path):
+    model, x = target(), images(3)
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        first = QueryLayer(model, ledger=ledger).submit(
+            [Request("classify", {"inputs": x}, recipe=b"r")])
+        again = QueryLayer(model, ledger=ledger).submit(
+            [Request("classify", {"inputs": x}, recipe=b"r")])
+    assert model.module.batches == [3] and again[0].cached and not first[0].cached
+    assert np.array_equal(first[0].output["probs"], again[0].output["probs"])
+
+
 def test_a_classify_request_is_as_many_queries_as_it_has_inputs():
     assert Request("classify", {"inputs": images(7)}).queries == 7
     assert Request("classify", {"inputs": torch.zeros(3, 2)}).queries == 3

@@ -270,6 +270,25 @@ def test_tuned_forward_matches_the_module_in_padded_chunks():
     assert tuned.module.calls == calls  # the graph answered, not the module
 
 
+def test_tuned_parts_are_cut_in_chunks_of_the_stack_without_stacking():
+    rng = np.random.default_rng(4)
+    parts = [rng.random((k, 1, 8, 8), dtype=np.float32) for k in (3, 8, 1, 13, 5)]
+    tuned = TorchClassifier(Calls(), "tuned", device="cpu", tune=True, chunk=8)
+    got = tuned.predict_parts(parts)
+    x = torch.from_numpy(np.concatenate(parts))  # 30 rows: chunks 8, 8, 8, 6 (+ 2 zero rows)
+    graph = tuned._graphs[(1, 8, 8)]
+    with torch.inference_mode():
+        raw = torch.cat([graph(torch.cat([x[i:i + 8], x.new_zeros(max(0, i + 8 - len(x)), 1, 8,
+                                                                    8)]))[:len(x) - i]
+                         for i in range(0, len(x), 8)])
+    assert np.array_equal(got, tuned._probabilities(raw))
+    assert np.array_equal(tuned.predict(x.numpy()), got)
+    for part in parts:
+        part.flags.writeable = False  # as a request's arrays
+    answers = tuned.call([Request("classify", {"inputs": part}) for part in parts])
+    assert np.array_equal(np.concatenate([a.output["probs"] for a in answers]), got)
+
+
 class DataDependent(torch.nn.Module):
     """Python control flow on the data: a trace would freeze one branch."""
 

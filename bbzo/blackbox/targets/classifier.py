@@ -3,8 +3,10 @@
 A request carries ``payload["inputs"]`` shaped (n, *input_shape): a nested list of floats (the
 answer is ``{"probs": [[float] * classes] * n}``) or, for a dense request, a numpy array or torch
 tensor (the answer is ``{"probs": float64 array (n, classes)}``). Inputs of all requests of one
-call that share an input shape go to the model as one stacked float32 array, without a list round
-trip for dense requests (the HTTP endpoint still receives JSON lists: its wire format). Every
+call that share an input shape go to the model together (``predict_parts``): as one stacked
+float32 array, or, for a tuned ``TorchClassifier``, in chunks gathered straight from the
+requests' arrays; without a list round trip for dense requests (the HTTP endpoint still
+receives JSON lists: its wire format). Every
 answer is checked: finite, >= 0, rows summing to 1 within ``SUM_TOL`` (a bad reply is a
 ``TargetError``, never a silent score).
 
@@ -38,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,11 @@ class _Classifier(Target):
         """Probabilities (n, classes) for inputs ``x`` (n, *input_shape); validated by ``call``."""
         raise NotImplementedError
 
+    def predict_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        """``predict`` of ``parts`` (each (n_i, *input_shape), one shape, read-only) stacked
+        in order; a target that can read the parts where they are overrides it."""
+        return self.predict(np.concatenate(parts))  # a fresh, writable stack
+
     def call(self, requests: list[Request]) -> list[Response]:
         """One response per request; requests are grouped by input shape."""
         arrays = []
@@ -122,9 +129,9 @@ class _Classifier(Target):
             groups.setdefault(x.shape[1:], []).append(i)
         responses: list[Response | None] = [None] * len(requests)
         for where in groups.values():
-            x = np.concatenate([arrays[i] for i in where])  # a fresh, writable stack
+            parts = [arrays[i] for i in where]
             start = time.perf_counter()
-            probs = check_probs(self.predict(x), len(x), self.id)
+            probs = check_probs(self.predict_parts(parts), sum(len(p) for p in parts), self.id)
             elapsed = time.perf_counter() - start
             lo = 0
             for i in where:
@@ -169,29 +176,66 @@ class TorchClassifier(_Classifier):
         self.chunk = chunk
         self._graphs: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor] | None] = {}
 
+    @property
+    def _tuned(self) -> bool:
+        return self.tune and self.device.type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's raw output for ``x`` (n, *input_shape); tuned when ``tune`` is set and
-        the device is the CPU (chunks of ``chunk``, the last one zero-padded)."""
-        if not self.tune or self.device.type != "cpu":
+        the device is the CPU (``_forward_parts``)."""
+        if not self._tuned:
             return self.module(x)
-        shape = tuple(x.shape[1:])
+        return self._forward_parts([x.detach().numpy()])
+
+    def _forward_parts(self, parts: list[np.ndarray]) -> torch.Tensor:
+        """The tuned graph's output for the rows of ``parts`` stacked (one input shape): chunks
+        of ``chunk`` rows cut from the stack (the last one zero-padded), each gathered in one
+        reused buffer, so the stack is never built; the module on the stack when the graph
+        cannot stand for it."""
+        shape = tuple(parts[0].shape[1:])
+        dtype = torch.from_numpy(np.empty(0, parts[0].dtype)).dtype
+        buffer = torch.empty(self.chunk, *shape, dtype=dtype)
         if shape not in self._graphs:
-            self._graphs[shape] = tuned_forward(self.module, self._padded(x[:self.chunk]))
+            next(self._chunks(parts, buffer))
+            self._graphs[shape] = tuned_forward(self.module, buffer)
         graph = self._graphs[shape]
         if graph is None:
-            return self.module(x)
-        return torch.cat([graph(self._padded(x[start:start + self.chunk]))[:len(x) - start]
-                          for start in range(0, len(x), self.chunk)])
+            return self.module(torch.from_numpy(np.concatenate(parts)))
+        return torch.cat([graph(buffer)[:rows] for rows in self._chunks(parts, buffer)])
 
-    def _padded(self, part: torch.Tensor) -> torch.Tensor:
-        """``part`` (k ≤ chunk, ...) with zero rows appended up to ``chunk`` rows."""
-        if len(part) == self.chunk:
-            return part
-        return torch.cat([part, part.new_zeros(self.chunk - len(part), *part.shape[1:])])
+    def _chunks(self, parts: list[np.ndarray], buffer: torch.Tensor) -> Iterator[int]:
+        """Fill ``buffer`` (``chunk``, ...) with each next ``chunk`` rows of the stacked
+        ``parts`` and yield how many are real (the rest of a last, short chunk is zeros)."""
+        rows, filled = buffer.numpy(), 0
+        for part in parts:
+            at = 0
+            while at < len(part):
+                take = min(self.chunk - filled, len(part) - at)
+                rows[filled:filled + take] = part[at:at + take]
+                filled, at = filled + take, at + take
+                if filled == self.chunk:
+                    yield filled
+                    filled = 0
+        if filled:
+            rows[filled:] = 0
+            yield filled
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out = self.forward(torch.from_numpy(x).to(self.device)).float()
+        if self._tuned:
+            return self._probabilities(self._forward_parts([x]))
+        return self._probabilities(self.forward(torch.from_numpy(x).to(self.device)))
+
+    @torch.inference_mode()
+    def predict_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        """``predict`` of the stacked parts; tuned, without stacking them (``_forward_parts``)."""
+        if self._tuned:
+            return self._probabilities(self._forward_parts(parts))
+        return self.predict(np.concatenate(parts))
+
+    def _probabilities(self, out: torch.Tensor) -> np.ndarray:
+        """The module's raw output (n, classes) as probabilities (``outputs``)."""
+        out = out.float()
         if out.ndim != 2:
             raise TargetError(f"{self.id} returned shape {tuple(out.shape)}; expected "
                               f"(n, classes)")

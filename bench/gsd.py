@@ -272,9 +272,10 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    columns = [f"{c}_{s}" for c in error_classes() for s in ("max", "mean")] + ["seconds",
-                                                                                "cpu_seconds"]
-    columns += [c for c in ("ml_balanced_accuracy_ratio",) if any(c in r for r in rows)]
+    columns = [f"{c}_{s}" for c in error_classes() for s in ("max", "mean")]
+    columns += [f"{c}_workload_max" for c in ("2way", "3way")] + ["seconds", "cpu_seconds"]
+    columns += [c for c in ("ml_accuracy_ratio", "ml_balanced_accuracy_ratio")
+                if any(c in r for r in rows)]
     print(f"{'method':<15} {'eps':>4} {'n':>2} " + " ".join(f"{c:>17}" for c in columns))
     for row in rows:
         if not row["seeds"]:

@@ -175,9 +175,26 @@ def read_certify_run(folder: str | Path) -> tuple[dict, list[dict]]:
     return summary, [r for r in latest_records(records) if "error" not in r]
 
 
+def training_cost(folder: str | Path) -> dict[str, Any]:
+    """The black-box training queries of the defense a certify run certified: ``method``,
+    ``train_queries_per_image_per_step`` (0 for FO) and ``training_queries`` (in total);
+    "-" for each when the run certified a plain classifier (no training queries)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    trained = Path(config["options"]["model"]) / "summary.json"
+    summary = json.loads(trained.read_text()) if trained.is_file() else {}
+    if "queries_per_image_per_step" not in summary:
+        return {"method": "-", "train_queries_per_image_per_step": "-", "training_queries": "-"}
+    method = summary["method"] + (f" {summary['estimator']}" if summary["method"].startswith(
+        "zo") else "")
+    return {"method": method,
+            "train_queries_per_image_per_step": summary["queries_per_image_per_step"],
+            "training_queries": summary["training_queries"]}
+
+
 def compare(runs: Sequence[str | Path], *, plot: str | Path | None = None) -> list[dict]:
     """One row per certify run (name, accuracy at each radius, ACR, abstain rate, queries per
-    image); with ``plot``, their curves overlaid in one PNG."""
+    certified image, and the defense's training queries: ``training_cost``); with ``plot``,
+    their curves overlaid in one PNG."""
     if not runs:
         raise InputError("give at least one certify run folder")
     rows, curves = [], {}
@@ -187,7 +204,8 @@ def compare(runs: Sequence[str | Path], *, plot: str | Path | None = None) -> li
         rows.append({"run": name, **{f"r={k}": v for k, v in
                                      summary["certified_accuracy"].items()},
                      "acr": summary["acr"], "abstain_rate": summary["abstain_rate"],
-                     "queries_per_image": summary["queries_per_image"]})
+                     "queries_per_image": summary["queries_per_image"],
+                     **training_cost(folder)})
         curves[name] = curve(records)
     if plot is not None:
         plot_panels(plot, {"certified accuracy": curves}, xlabel="ℓ2 radius",

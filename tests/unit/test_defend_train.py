@@ -109,3 +109,20 @@ def test_bad_training_settings_name_the_field(field: str, value: object) -> None
     with pytest.raises(FieldError) as err:
         TrainSettings(**{field: value})
     assert err.value.field == field
+
+
+def test_compare_reports_each_defenses_training_queries(classifier: str, tmp_path: Path) -> None:
+    from bbzo.defenses.certify import certify_run, compare
+    from bbzo.defenses.smoothing import SmoothingSettings
+
+    s = TrainSettings(method="zo-ds", estimator="rge", **{**TINY, "epochs": 1})
+    trained = train_defense(classifier, out=tmp_path / "zo", data="digits", settings=s, seed=0)
+    smoothing = SmoothingSettings(sigma=0.25, n0=10, n=50, alpha=0.01)
+    for name, model in (("defended", tmp_path / "zo"), ("plain", classifier)):
+        certify_run(str(model), out=tmp_path / name, data="digits", settings=smoothing,
+                    limit=2, seed=0)
+    defended, plain = compare([tmp_path / "defended", tmp_path / "plain"])
+    assert defended["method"] == "zo-ds rge"
+    assert defended["train_queries_per_image_per_step"] == 3 + 1
+    assert defended["training_queries"] == trained["training_queries"] == 32 * (1 + 3 + 1)
+    assert plain["method"] == plain["training_queries"] == "-"

@@ -329,6 +329,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=20000, help="GSD generations cap")
     parser.add_argument("--queries", default="2way", help="classes gsd fits, e.g. 2way,3way")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
+                        help="privacy budgets compared (each of 0.1, 0.5, 1)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--peer-python", default=default_peer_python(),
@@ -356,7 +358,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     methods = [m for m in METHODS if m in asked]  # mst before gsd_equal_time
-    epsilons, seeds = ((1.0,), [0]) if args.quick else (EPSILONS, args.seeds)
+    if not set(args.epsilons) <= set(EPSILONS):
+        parser.error(f"--epsilons takes values among {', '.join(map(str, EPSILONS))}")
+    epsilons, seeds = ((1.0,), [0]) if args.quick else (tuple(args.epsilons), args.seeds)
     if args.quick:
         args.generations, args.peer_rows = 300, args.peer_rows or 2000
     args.out.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     with Ledger(run.own("ledger.sqlite")) as ledger:
         layer = QueryLayer(target, ledger=ledger, budget=max_queries)  # queries: noisy inputs
         smoothed = SmoothedClassifier(
-            layer, settings, preprocess=None if defense is None else defense.preprocess,
+            layer, settings, preprocess=None if defense is None else defense.fast_preprocess(),
             seed=seed)
         act = smoothed.certify if mode == "certify" else smoothed.predict
 

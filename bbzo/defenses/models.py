@@ -66,7 +66,7 @@ class AutoEncoder(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder_out(self.decoder_in(z).reshape(len(z), *self.inner))
+        return self.decoder_out(self.decoder_in(z).unflatten(1, self.inner))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

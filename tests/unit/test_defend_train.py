@@ -126,3 +126,23 @@ def test_compare_reports_each_defenses_training_queries(classifier: str, tmp_pat
     assert defended["train_queries_per_image_per_step"] == 3 + 1
     assert defended["training_queries"] == trained["training_queries"] == 32 * (1 + 3 + 1)
     assert plain["method"] == plain["training_queries"] == "-"
+
+
+@pytest.mark.parametrize("latent", [None, 8])
+def test_fast_preprocess_traces_and_matches_the_modules(latent: int | None) -> None:
+    from bbzo.blackbox.targets.classifier import TUNED_TOL, tuned_forward
+    from bbzo.defenses.defense import Defense, build_networks
+
+    torch.manual_seed(0)
+    denoiser, autoencoder = build_networks((1, 8, 8), depth=2, width=4, latent=latent)
+    defense = Defense("zo-ae-ds" if latent else "zo-ds", "clf", 0.25, denoiser,
+                      autoencoder).eval()
+    pipeline = torch.nn.Sequential(*defense.modules())
+    assert tuned_forward(pipeline, torch.rand(16, 1, 8, 8)) is not None  # no fallback
+    fast = defense.fast_preprocess(chunk=16)
+    with torch.no_grad():
+        for rows in (37, 16, 5):  # several chunks, a padded last chunk, one short chunk
+            x = torch.rand(rows, 1, 8, 8)
+            got, want = fast(x), defense.preprocess(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=TUNED_TOL, rtol=TUNED_TOL)

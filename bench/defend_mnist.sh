@@ -42,8 +42,11 @@ step "$OUT/zo-ds-rge-q20" "${TRAIN[@]}" --method zo-ds --estimator rge --q 20
 CERTIFY=($BBZO defend certify --data mnist5k --sigma 0.25 --n0 100 --n "$N" --alpha 0.001
          --limit "$LIMIT")
 RUNS=()
-for run in classifier fo-ds fo-ae-ds zo-ae-ds-cge zo-ae-ds-rge-q20 zo-ae-ds-rge-q48 zo-ds-rge-q20; do
+ALL="classifier fo-ds fo-ae-ds zo-ae-ds-cge zo-ae-ds-rge-q20 zo-ae-ds-rge-q48 zo-ds-rge-q20"
+for run in ${CERTIFY_ONLY:-$ALL}; do  # CERTIFY_ONLY="a b": certify these only (split the work)
     step "$OUT/certify-$run" "${CERTIFY[@]}" --model "$OUT/$run"
-    RUNS+=("$OUT/certify-$run")
+done
+for run in $ALL; do
+    [ -f "$OUT/certify-$run/summary.json" ] && RUNS+=("$OUT/certify-$run")
 done
 $BBZO defend compare "${RUNS[@]}" --plot "$OUT/certified.png" | tee "$OUT/compare.txt"

@@ -188,7 +188,8 @@ class Bench:
         but not written, so a rerun tries again."""
         if self.find(method, epsilon, seed) is not None:
             return
-        if self.args.stop_after and time.perf_counter() - self.began > self.args.stop_after:
+        if self.args.stop_after is not None \
+                and time.perf_counter() - self.began >= self.args.stop_after:
             return
         record: dict[str, Any] = {"method": method, "epsilon": epsilon, "seed": seed}
         try:
@@ -349,7 +350,8 @@ def main() -> None:
                              "(logistic regression trained on each table, tested on 30%% of the "
                              "true rows, against training on the other 70%%)")
     parser.add_argument("--stop-after", type=float, default=None,
-                        help="start no new comparison run after this many seconds")
+                        help="start no new comparison run after this many seconds (0: only "
+                             "summarise the recorded runs)")
     parser.add_argument("--fresh", action="store_true", help="forget the recorded runs")
     parser.add_argument("--out", type=Path, default=Path("bench/out/gsd"))
     args = parser.parse_args()

@@ -29,18 +29,20 @@ Three sources:
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import importlib
 import importlib.util
 import json
 import shutil
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -156,17 +158,22 @@ class TorchClassifier(_Classifier):
             when the module does not trace or its trace disagrees with it. Off by default: a
             traced module skips the module's Python code (hooks, side effects).
         chunk: inputs per forward pass when tuned (activations of a small CNN stay in cache).
+        threads: when tuned, how many worker threads run the chunks side by side, each with
+            one torch intra-op thread (a small CNN's chunk splits badly across threads); None:
+            ``torch.get_num_threads()`` at the first tuned call; 1: the calling thread runs
+            every chunk with torch's own intra-op threads.
     """
 
     def __init__(self, module: torch.nn.Module, id: str, *, outputs: str = "auto",
                  device: str | None = None, max_batch: int = 64, tune: bool = False,
-                 chunk: int = TUNED_CHUNK) -> None:
+                 chunk: int = TUNED_CHUNK, threads: int | None = None) -> None:
         if not isinstance(module, torch.nn.Module):
             raise InputError(f"{id}: expected a torch nn.Module, got {type(module).__name__}")
         if outputs not in OUTPUTS:
             raise InputError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise InputError(f"chunk must be a positive integer, got {chunk!r}")
+        for name, value in (("chunk", chunk), ("threads", 1 if threads is None else threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = module.to(self.device).eval()
         self.id = id
@@ -174,7 +181,9 @@ class TorchClassifier(_Classifier):
         self.max_batch = max_batch
         self.tune = tune
         self.chunk = chunk
+        self.threads = threads
         self._graphs: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor] | None] = {}
+        self._workers: ChunkWorkers | None = None
 
     @property
     def _tuned(self) -> bool:
@@ -189,36 +198,48 @@ class TorchClassifier(_Classifier):
 
     def _forward_parts(self, parts: list[np.ndarray]) -> torch.Tensor:
         """The tuned graph's output for the rows of ``parts`` stacked (one input shape): chunks
-        of ``chunk`` rows cut from the stack (the last one zero-padded), each gathered in one
-        reused buffer, so the stack is never built; the module on the stack when the graph
-        cannot stand for it."""
+        of ``chunk`` rows cut from the stack (the last one zero-padded), each gathered into a
+        buffer per thread, so the stack is never built; with ``threads`` > 1 each chunk goes to
+        the next free worker thread. The module on the stack when the graph cannot stand for
+        it."""
         shape = tuple(parts[0].shape[1:])
         dtype = torch.from_numpy(np.empty(0, parts[0].dtype)).dtype
-        buffer = torch.empty(self.chunk, *shape, dtype=dtype)
+        ends = np.cumsum([len(part) for part in parts])
+        total = int(ends[-1])
         if shape not in self._graphs:
-            next(self._chunks(parts, buffer))
-            self._graphs[shape] = tuned_forward(self.module, buffer)
+            example = torch.empty(self.chunk, *shape, dtype=dtype)
+            _gather(parts, ends, 0, min(self.chunk, total), example.numpy())
+            self._graphs[shape] = tuned_forward(self.module, example)
         graph = self._graphs[shape]
         if graph is None:
             return self.module(torch.from_numpy(np.concatenate(parts)))
-        return torch.cat([graph(buffer)[:rows] for rows in self._chunks(parts, buffer)])
+        scratch = threading.local()  # each thread's chunk buffer
 
-    def _chunks(self, parts: list[np.ndarray], buffer: torch.Tensor) -> Iterator[int]:
-        """Fill ``buffer`` (``chunk``, ...) with each next ``chunk`` rows of the stacked
-        ``parts`` and yield how many are real (the rest of a last, short chunk is zeros)."""
-        rows, filled = buffer.numpy(), 0
-        for part in parts:
-            at = 0
-            while at < len(part):
-                take = min(self.chunk - filled, len(part) - at)
-                rows[filled:filled + take] = part[at:at + take]
-                filled, at = filled + take, at + take
-                if filled == self.chunk:
-                    yield filled
-                    filled = 0
-        if filled:
-            rows[filled:] = 0
-            yield filled
+        def run(start: int) -> torch.Tensor:
+            """The graph's output for the chunk of rows from ``start``."""
+            buffer = getattr(scratch, "buffer", None)
+            if buffer is None:
+                buffer = scratch.buffer = torch.empty(self.chunk, *shape, dtype=dtype)
+            stop = min(start + self.chunk, total)
+            _gather(parts, ends, start, stop, buffer.numpy())
+            with torch.no_grad():  # grad mode is per thread
+                return graph(buffer)[:stop - start]
+
+        starts = range(0, total, self.chunk)
+        threads = min(len(starts), self.threads or torch.get_num_threads())
+        if threads < 2:
+            return torch.cat([run(start) for start in starts])
+        if self._workers is None or self._workers.threads < threads:
+            self.close()
+            self._workers = ChunkWorkers(threads)
+        return torch.cat(self._workers.map(run, starts))
+
+    def close(self) -> None:
+        """Stop the worker threads of the tuned forward, if any (they start again when
+        needed)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -269,6 +290,52 @@ def tuned_forward(module: torch.nn.Module, example: torch.Tensor
             or not torch.allclose(got.float(), expected.float(), rtol=TUNED_TOL, atol=TUNED_TOL):
         return None
     return graph
+
+
+def _gather(parts: list[np.ndarray], ends: np.ndarray, start: int, stop: int,
+            out: np.ndarray) -> None:
+    """Rows ``start..stop`` of the stacked ``parts`` (``ends``: their cumulative lengths) into
+    ``out``'s first rows, and zeros into the rest of ``out``."""
+    filled = 0
+    for k in range(int(np.searchsorted(ends, start, side="right")), len(parts)):
+        lo = start + filled - (int(ends[k - 1]) if k else 0)
+        take = min(len(parts[k]) - lo, stop - start - filled)
+        out[filled:filled + take] = parts[k][lo:lo + take]
+        filled += take
+        if filled == stop - start:
+            break
+    out[filled:] = 0
+
+
+class ChunkWorkers:
+    """``threads`` long-lived worker threads, each running torch with one intra-op thread:
+    inter-op parallelism for a tuned forward, whose chunks are too small to split well."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        keep = torch.get_num_threads()
+        started = threading.Barrier(threads + 1, timeout=60)
+
+        def one_thread() -> None:
+            torch.get_num_threads()  # torch's lazy per-thread set-up first: it would reset
+            torch.set_num_threads(1)  # this thread's own count (OpenMP keeps it per thread)
+            started.wait()
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="bbzo-chunks", initializer=one_thread)
+        for _ in range(threads):  # a task per thread, so that all of them start now
+            self._pool.submit(int)
+        started.wait()
+        # torch.set_num_threads also sets the count that threads started later begin with:
+        # put back the caller's, so that only the workers run with one.
+        torch.set_num_threads(keep)
+
+    def map(self, fn: Callable[[int], torch.Tensor], items: range) -> list[torch.Tensor]:
+        """``[fn(item) for item in items]``, each call taken by the next free worker."""
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def load_factory(ref: str, base: Path | None = None) -> Callable[..., object]:

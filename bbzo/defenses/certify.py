@@ -131,25 +131,29 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     run = RunFolder(out, resume=resume)
     run.write_config(options, seed)
     results = results_name(mode)
-    with Ledger(run.own("ledger.sqlite")) as ledger:
-        layer = QueryLayer(target, ledger=ledger, budget=max_queries)  # queries: noisy inputs
-        smoothed = SmoothedClassifier(
-            layer, settings, preprocess=None if defense is None else defense.fast_preprocess(),
-            seed=seed)
-        act = smoothed.certify if mode == "certify" else smoothed.predict
+    preprocess = None if defense is None else defense.fast_preprocess()
+    try:
+        with Ledger(run.own("ledger.sqlite")) as ledger:
+            layer = QueryLayer(target, ledger=ledger, budget=max_queries)  # queries: noisy inputs
+            smoothed = SmoothedClassifier(layer, settings, preprocess=preprocess, seed=seed)
+            act = smoothed.certify if mode == "certify" else smoothed.predict
 
-        def work(i: int) -> dict:
-            start = time.perf_counter()
-            cert = act(images.x[i], i)
-            label = int(images.y[i])
-            return {"id": i, "index": i, "label": label, "prediction": cert.prediction,
-                    "radius": cert.radius, "correct": cert.prediction == label,
-                    "abstain": cert.prediction is None, "top_count": cert.top_count,
-                    "seconds": time.perf_counter() - start, "queries": cert.queries}
+            def work(i: int) -> dict:
+                start = time.perf_counter()
+                cert = act(images.x[i], i)
+                label = int(images.y[i])
+                return {"id": i, "index": i, "label": label, "prediction": cert.prediction,
+                        "radius": cert.radius, "correct": cert.prediction == label,
+                        "abstain": cert.prediction is None, "top_count": cert.top_count,
+                        "seconds": time.perf_counter() - start, "queries": cert.queries}
 
-        todo = pending(list(range(count)), lambda i: i, run.read_jsonl(results))
-        outcome = run_items(run, todo, work, item_id=lambda i: i, results=results,
-                            progress=progress, label=mode, total=count)
+            todo = pending(list(range(count)), lambda i: i, run.read_jsonl(results))
+            outcome = run_items(run, todo, work, item_id=lambda i: i, results=results,
+                                progress=progress, label=mode, total=count)
+    finally:  # the worker threads of the tuned forwards
+        target.close()
+        if preprocess is not None:
+            preprocess.close()
     records = [r for r in latest_records(run.read_jsonl(results)) if "error" not in r]
     summary = summarize(records, settings, mode)
     summary.update({"complete": len(records) == count and outcome.stopped is None,

@@ -9,7 +9,6 @@ of the folder, only its spec.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 from torch import nn
 
 from bbzo.blackbox.targets.base import Target
-from bbzo.blackbox.targets.classifier import TUNED_CHUNK, tuned_forward
 from bbzo.blackbox.targets.spec import load_target
+from bbzo.blackbox.targets.tuned import TUNED_CHUNK, TunedForward
 from bbzo.defenses.models import AutoEncoder, DnCNN
 from bbzo.errors import InputError
 
@@ -60,29 +59,13 @@ class Defense:
             out = self.autoencoder(out)
         return out
 
-    def fast_preprocess(self, chunk: int = TUNED_CHUNK) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``preprocess`` for inference (certification): the denoiser (+ autoencoder) traced,
-        frozen and optimised once per input shape (``tuned_forward``, checked against the
-        modules on the first chunk) and run on ``chunk`` images at a time (the last chunk
-        zero-padded); the plain modules where tracing fails. Outputs equal ``preprocess``'s
-        within ``TUNED_TOL``; call it under ``torch.no_grad()``, in ``eval`` mode."""
-        pipeline = nn.Sequential(*self.modules()).eval()
-        graphs: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor] | None] = {}
-
-        def padded(x: torch.Tensor) -> torch.Tensor:
-            return x if len(x) == chunk else torch.cat([x, x.new_zeros(chunk - len(x),
-                                                                       *x.shape[1:])])
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            shape = tuple(x.shape[1:])
-            if shape not in graphs:
-                graphs[shape] = tuned_forward(pipeline, padded(x[:chunk]).contiguous())
-            graph = graphs[shape]
-            if graph is None:
-                return pipeline(x)
-            return torch.cat([graph(padded(x[i:i + chunk]))[:len(x[i:i + chunk])]
-                              for i in range(0, len(x), chunk)])
-        return run
+    def fast_preprocess(self, chunk: int = TUNED_CHUNK) -> TunedForward:
+        """``preprocess`` for inference (certification): the denoiser (+ autoencoder) as one
+        ``TunedForward`` (traced, frozen and optimised once per input shape, checked against
+        the modules, run on ``chunk`` images at a time on worker threads; the plain modules
+        where tracing fails). Outputs equal ``preprocess``'s within ``TUNED_TOL``; call it on
+        CPU tensors, in ``eval`` mode; ``close()`` it when done."""
+        return TunedForward(nn.Sequential(*self.modules()).eval(), chunk=chunk)
 
     def save(self, folder: str | Path, checkpoint: str = "") -> Path:
         """Write the folder (module doc); ``checkpoint`` prefixes the weight files."""

@@ -130,7 +130,7 @@ def test_compare_reports_each_defenses_training_queries(classifier: str, tmp_pat
 
 @pytest.mark.parametrize("latent", [None, 8])
 def test_fast_preprocess_traces_and_matches_the_modules(latent: int | None) -> None:
-    from bbzo.blackbox.targets.classifier import TUNED_TOL, tuned_forward
+    from bbzo.blackbox.targets.tuned import TUNED_TOL, tuned_forward
     from bbzo.defenses.defense import Defense, build_networks
 
     torch.manual_seed(0)

@@ -277,7 +277,7 @@ def test_tuned_parts_are_cut_in_chunks_of_the_stack_without_stacking(threads):
     tuned = TorchClassifier(Calls(), "tuned", device="cpu", tune=True, chunk=8, threads=threads)
     got = tuned.predict_parts(parts)
     x = torch.from_numpy(np.concatenate(parts))  # 30 rows: chunks 8, 8, 8, 6 (+ 2 zero rows)
-    graph = tuned._graphs[(1, 8, 8)]
+    graph = tuned.runner.graphs[(1, 8, 8)]
     with torch.inference_mode():
         raw = torch.cat([graph(torch.cat([x[i:i + 8], x.new_zeros(max(0, i + 8 - len(x)), 1, 8,
                                                                     8)]))[:len(x) - i]
@@ -288,38 +288,6 @@ def test_tuned_parts_are_cut_in_chunks_of_the_stack_without_stacking(threads):
         part.flags.writeable = False  # as a request's arrays
     answers = tuned.call([Request("classify", {"inputs": part}) for part in parts])
     assert np.array_equal(np.concatenate([a.output["probs"] for a in answers]), got)
-
-
-def test_chunk_workers_run_one_torch_thread_each_and_leave_the_callers_count():
-    keep = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        tuned = TorchClassifier(Calls(), "tuned", device="cpu", tune=True, chunk=4)
-        images = np.random.default_rng(5).random((20, 1, 8, 8), dtype=np.float32)
-        got = tuned.predict(images)  # 5 chunks over 3 workers (threads=None: the caller's 3)
-        assert tuned._workers is not None and tuned._workers.threads == 3
-        counts = set(tuned._workers.map(lambda _: torch.get_num_threads(), range(6)))
-        assert counts == {1}
-        assert torch.get_num_threads() == 3  # the caller's count is untouched
-        later: list[int] = []  # and a thread started afterwards begins with it too
-        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
-        thread.start()
-        thread.join()
-        assert later == [3]
-        one = TorchClassifier(Calls(), "one", device="cpu", tune=True, chunk=4, threads=1)
-        assert np.array_equal(one.predict(images), got) and one._workers is None
-        tuned.close()
-        assert tuned._workers is None
-        assert np.array_equal(tuned.predict(images), got)  # workers start again when needed
-        tuned.close()
-    finally:
-        torch.set_num_threads(keep)
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
-def test_tuned_thread_count_is_checked(bad):
-    with pytest.raises(InputError, match="threads must be a positive integer"):
-        TorchClassifier(Calls(), "tuned", device="cpu", tune=True, threads=bad)
 
 
 class DataDependent(torch.nn.Module):
@@ -337,7 +305,7 @@ def test_tuning_falls_back_to_the_module_when_the_trace_would_be_wrong():
     plain = TorchClassifier(DataDependent(), "dd", device="cpu", outputs="logits")
     assert np.allclose(t.predict(bright), plain.predict(bright))
     assert np.allclose(t.predict(dark), plain.predict(dark))  # the other branch
-    assert t._graphs == {(1, 2, 2): None}
+    assert t.runner.graphs == {(1, 2, 2): None}
     with pytest.raises(InputError, match="chunk"):
         TorchClassifier(DataDependent(), "dd", chunk=0)
 

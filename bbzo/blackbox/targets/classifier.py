@@ -29,19 +29,16 @@ Three sources:
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import hashlib
 import importlib
 import importlib.util
 import json
 import shutil
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +47,7 @@ import torch
 
 from bbzo.blackbox.protocol import Request, Response, error_for_status, parse_retry_after
 from bbzo.blackbox.targets.base import Target
+from bbzo.blackbox.targets.tuned import TUNED_CHUNK, TunedForward
 from bbzo.errors import InputError, TargetError, TransientError
 
 SUM_TOL = 1e-3
@@ -59,8 +57,6 @@ WEIGHTS = "model.pt"
 ARCHITECTURE = "architecture.py"
 ARRAYS_HEADER = "X-Bbzo-Arrays"  # "base64": the endpoint reads and writes encode_array objects
 WIRE_DTYPES = ("<f4", "<f8")
-TUNED_CHUNK = 128
-TUNED_TOL = 1e-4  # largest difference allowed between the tuned graph and the module
 
 
 def check_probs(probs: np.ndarray, rows: int, who: str) -> np.ndarray:
@@ -154,14 +150,11 @@ class TorchClassifier(_Classifier):
         device: torch device; default CUDA when present, else CPU.
         max_batch: requests per call.
         tune: run the forward as a frozen, inference-optimised TorchScript graph (CPU only;
-            ``tuned_forward``) in chunks of ``chunk`` inputs; falls back to the plain module
-            when the module does not trace or its trace disagrees with it. Off by default: a
-            traced module skips the module's Python code (hooks, side effects).
-        chunk: inputs per forward pass when tuned (activations of a small CNN stay in cache).
-        threads: when tuned, how many worker threads run the chunks side by side, each with
-            one torch intra-op thread (a small CNN's chunk splits badly across threads); None:
-            ``torch.get_num_threads()`` at the first tuned call; 1: the calling thread runs
-            every chunk with torch's own intra-op threads.
+            ``TunedForward``: chunks of ``chunk`` inputs, on ``threads`` worker threads); falls
+            back to the plain module when the module does not trace or its trace disagrees
+            with it. Off by default: a traced module skips the module's Python code (hooks,
+            side effects).
+        chunk, threads: ``TunedForward``'s.
     """
 
     def __init__(self, module: torch.nn.Module, id: str, *, outputs: str = "auto",
@@ -171,19 +164,13 @@ class TorchClassifier(_Classifier):
             raise InputError(f"{id}: expected a torch nn.Module, got {type(module).__name__}")
         if outputs not in OUTPUTS:
             raise InputError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
-        for name, value in (("chunk", chunk), ("threads", 1 if threads is None else threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = module.to(self.device).eval()
         self.id = id
         self.outputs = outputs
         self.max_batch = max_batch
         self.tune = tune
-        self.chunk = chunk
-        self.threads = threads
-        self._graphs: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor] | None] = {}
-        self._workers: ChunkWorkers | None = None
+        self.runner = TunedForward(self.module, chunk=chunk, threads=threads)
 
     @property
     def _tuned(self) -> bool:
@@ -191,67 +178,27 @@ class TorchClassifier(_Classifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's raw output for ``x`` (n, *input_shape); tuned when ``tune`` is set and
-        the device is the CPU (``_forward_parts``)."""
+        the device is the CPU (``TunedForward``)."""
         if not self._tuned:
             return self.module(x)
-        return self._forward_parts([x.detach().numpy()])
-
-    def _forward_parts(self, parts: list[np.ndarray]) -> torch.Tensor:
-        """The tuned graph's output for the rows of ``parts`` stacked (one input shape): chunks
-        of ``chunk`` rows cut from the stack (the last one zero-padded), each gathered into a
-        buffer per thread, so the stack is never built; with ``threads`` > 1 each chunk goes to
-        the next free worker thread. The module on the stack when the graph cannot stand for
-        it."""
-        shape = tuple(parts[0].shape[1:])
-        dtype = torch.from_numpy(np.empty(0, parts[0].dtype)).dtype
-        ends = np.cumsum([len(part) for part in parts])
-        total = int(ends[-1])
-        if shape not in self._graphs:
-            example = torch.empty(self.chunk, *shape, dtype=dtype)
-            _gather(parts, ends, 0, min(self.chunk, total), example.numpy())
-            self._graphs[shape] = tuned_forward(self.module, example)
-        graph = self._graphs[shape]
-        if graph is None:
-            return self.module(torch.from_numpy(np.concatenate(parts)))
-        scratch = threading.local()  # each thread's chunk buffer
-
-        def run(start: int) -> torch.Tensor:
-            """The graph's output for the chunk of rows from ``start``."""
-            buffer = getattr(scratch, "buffer", None)
-            if buffer is None:
-                buffer = scratch.buffer = torch.empty(self.chunk, *shape, dtype=dtype)
-            stop = min(start + self.chunk, total)
-            _gather(parts, ends, start, stop, buffer.numpy())
-            with torch.no_grad():  # grad mode is per thread
-                return graph(buffer)[:stop - start]
-
-        starts = range(0, total, self.chunk)
-        threads = min(len(starts), self.threads or torch.get_num_threads())
-        if threads < 2:
-            return torch.cat([run(start) for start in starts])
-        if self._workers is None or self._workers.threads < threads:
-            self.close()
-            self._workers = ChunkWorkers(threads)
-        return torch.cat(self._workers.map(run, starts))
+        return self.runner.parts([x.detach().numpy()])
 
     def close(self) -> None:
-        """Stop the worker threads of the tuned forward, if any (they start again when
-        needed)."""
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
+        """Stop the tuned forward's worker threads, if any (they start again when needed)."""
+        self.runner.close()
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self._tuned:
-            return self._probabilities(self._forward_parts([x]))
+            return self._probabilities(self.runner.parts([x]))
         return self._probabilities(self.forward(torch.from_numpy(x).to(self.device)))
 
     @torch.inference_mode()
     def predict_parts(self, parts: list[np.ndarray]) -> np.ndarray:
-        """``predict`` of the stacked parts; tuned, without stacking them (``_forward_parts``)."""
+        """``predict`` of the stacked parts; tuned: without stacking them
+        (``TunedForward.parts``)."""
         if self._tuned:
-            return self._probabilities(self._forward_parts(parts))
+            return self._probabilities(self.runner.parts(parts))
         return self.predict(np.concatenate(parts))
 
     def _probabilities(self, out: torch.Tensor) -> np.ndarray:
@@ -265,77 +212,6 @@ class TorchClassifier(_Classifier):
         if self.outputs == "logits" or (self.outputs == "auto" and not is_dist):
             out = out.softmax(-1)
         return out.cpu().numpy()
-
-
-def tuned_forward(module: torch.nn.Module, example: torch.Tensor
-                  ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``module`` traced on ``example`` (batch, *input_shape), frozen and optimised for CPU
-    inference (oneDNN convolutions, folded constants), for inputs shaped like ``example``
-    only (a trace may fix the batch size). None when tracing warns (Python control flow or
-    sizes read from the data), fails, or the graph's output differs from the module's on
-    ``example`` (beyond ``TUNED_TOL``)."""
-    example = example.contiguous()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("error", torch.jit.TracerWarning)
-        try:
-            expected = module(example)
-            graph = torch.jit.optimize_for_inference(torch.jit.trace(module, example))
-            graph(example)  # warm-up: the first runs of a TorchScript graph specialise it
-            got = graph(example)
-        except Exception:  # noqa: BLE001 - any failure means: run the module as it is
-            return None
-    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor) \
-            or got.shape != expected.shape \
-            or not torch.allclose(got.float(), expected.float(), rtol=TUNED_TOL, atol=TUNED_TOL):
-        return None
-    return graph
-
-
-def _gather(parts: list[np.ndarray], ends: np.ndarray, start: int, stop: int,
-            out: np.ndarray) -> None:
-    """Rows ``start..stop`` of the stacked ``parts`` (``ends``: their cumulative lengths) into
-    ``out``'s first rows, and zeros into the rest of ``out``."""
-    filled = 0
-    for k in range(int(np.searchsorted(ends, start, side="right")), len(parts)):
-        lo = start + filled - (int(ends[k - 1]) if k else 0)
-        take = min(len(parts[k]) - lo, stop - start - filled)
-        out[filled:filled + take] = parts[k][lo:lo + take]
-        filled += take
-        if filled == stop - start:
-            break
-    out[filled:] = 0
-
-
-class ChunkWorkers:
-    """``threads`` long-lived worker threads, each running torch with one intra-op thread:
-    inter-op parallelism for a tuned forward, whose chunks are too small to split well."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        keep = torch.get_num_threads()
-        started = threading.Barrier(threads + 1, timeout=60)
-
-        def one_thread() -> None:
-            torch.get_num_threads()  # torch's lazy per-thread set-up first: it would reset
-            torch.set_num_threads(1)  # this thread's own count (OpenMP keeps it per thread)
-            started.wait()
-
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix="bbzo-chunks", initializer=one_thread)
-        for _ in range(threads):  # a task per thread, so that all of them start now
-            self._pool.submit(int)
-        started.wait()
-        # torch.set_num_threads also sets the count that threads started later begin with:
-        # put back the caller's, so that only the workers run with one.
-        torch.set_num_threads(keep)
-
-    def map(self, fn: Callable[[int], torch.Tensor], items: range) -> list[torch.Tensor]:
-        """``[fn(item) for item in items]``, each call taken by the next free worker."""
-        return list(self._pool.map(fn, items))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 def load_factory(ref: str, base: Path | None = None) -> Callable[..., object]:

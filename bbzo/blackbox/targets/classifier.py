@@ -179,9 +179,7 @@ class TorchClassifier(_Classifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's raw output for ``x`` (n, *input_shape); tuned when ``tune`` is set and
         the device is the CPU (``TunedForward``)."""
-        if not self._tuned:
-            return self.module(x)
-        return self.runner.parts([x.detach().numpy()])
+        return self.runner(x) if self._tuned else self.module(x)
 
     def close(self) -> None:
         """Stop the tuned forward's worker threads, if any (they start again when needed)."""

@@ -93,9 +93,12 @@ def train_classifier_command(data: str, epochs: int, out: Path, seed: int,
 @click.option("--autoencoder", default=None,
               help="Start from this pre-trained autoencoder (pretrained_autoencoder.pt of an "
                    "earlier AE run, or its folder) instead of pre-training one.")
+@click.option("--max-queries", type=int, default=None,
+              help="Most black-box queries this call sends (ledger answers are free); no "
+                   "epoch starts that could overrun it.")
 @run_options
 def train_command(blackbox: str, data: str, out: Path | None, seed: int, resume: bool,
-                  json_output: bool, **options: Any) -> None:
+                  json_output: bool, max_queries: int | None, **options: Any) -> None:
     """Train a defense (denoiser, + encoder for *-ae-ds) for a black-box classifier.
 
     Writes config.json, history.jsonl, checkpoint.pt (every epoch; --resume continues),
@@ -108,7 +111,7 @@ def train_command(blackbox: str, data: str, out: Path | None, seed: int, resume:
     path = out_path(out, resume=resume, command="defend-train")
     with usage_errors(), progress_bars() as progress:
         summary = train_defense(blackbox, out=path, data=data, settings=settings, seed=seed,
-                                resume=resume, progress=progress)
+                                resume=resume, max_queries=max_queries, progress=progress)
     if json_output:
         print_json(summary)
         return
@@ -118,6 +121,9 @@ def train_command(blackbox: str, data: str, out: Path | None, seed: int, resume:
                  for h in summary["history"]])
     note(f"{summary['queries_per_image_per_step']} queries per image per step; best epoch "
          f"{summary['best']['epoch']}; wrote {path}")
+    if summary["stopped"]:
+        note(f"stopped after epoch {summary['epochs_done']} of {summary['epochs']}: "
+             f"{summary['stopped']}")
 
 
 def _smoothing_options(command: Any) -> Any:

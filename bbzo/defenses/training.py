@@ -193,6 +193,12 @@ def queries_per_image(settings: TrainSettings, dim: int) -> int:
     return settings.q + 1 if settings.estimator == "rge" else dim + 1
 
 
+def epoch_bound(settings: TrainSettings, dim: int, images: int) -> int:
+    """The most black-box queries one epoch can send: per image, its clean label and
+    ``queries_per_image`` (ZO), then the validation draw (fewer when the ledger answers)."""
+    return images * (1 + queries_per_image(settings, dim)) + settings.val_limit
+
+
 class StabilityLoss:
     """The black-box loss of ZO training as a batched objective for ``bbzo.zo_function``.
 
@@ -260,9 +266,15 @@ def _pretrain(module: nn.Module, x: np.ndarray, epochs: int, *, noise: float, se
 
 def train_defense(blackbox: str, *, out: str | Path, data: str = "mnist5k",
                   settings: TrainSettings | None = None, seed: int = 0, resume: bool = False,
+                  max_queries: int | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Train a defense for the black box ``blackbox`` (a classifier spec) into the run folder
     ``out`` (a defense folder ``certify`` takes as ``--model``); returns the summary.
+
+    ``max_queries``: most black-box queries this call sends (ledger answers are free; it may
+    change on a resume). No epoch starts that its worst case could overrun (``epoch_bound``):
+    training then stops after the last whole epoch, with ``stopped`` saying why, and a resume
+    with a larger budget continues from that epoch's checkpoint.
 
     Writes config.json, history.jsonl (one record per epoch: loss, validation accuracy,
     queries), checkpoint.pt after every epoch (``resume=True`` continues from it), the best
@@ -270,6 +282,13 @@ def train_defense(blackbox: str, *, out: str | Path, data: str = "mnist5k",
     loss.png (training loss against black-box queries), ledger.sqlite and summary.json.
     """
     settings = settings or TrainSettings()
+    if max_queries is not None and (isinstance(max_queries, bool)
+                                    or not isinstance(max_queries, int) or max_queries < 1):
+        raise InputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    if max_queries is not None and max_queries < settings.val_limit:
+        raise InputError(f"max_queries {max_queries} does not cover one validation "
+                         f"({settings.val_limit} queries); raise --max-queries or lower "
+                         f"--val-limit")
     check_name(data)
     dataset = load_dataset(data)
     check_run_folder(out, resume=resume)
@@ -282,7 +301,7 @@ def train_defense(blackbox: str, *, out: str | Path, data: str = "mnist5k",
     run.write_config({"blackbox": blackbox, "data": dataset.describe(), **settings.to_dict()},
                      seed)
     with Ledger(run.own("ledger.sqlite")) as ledger:
-        layer = QueryLayer(target, ledger=ledger)
+        layer = QueryLayer(target, ledger=ledger, budget=max_queries)
         return _train(run, layer, local, dataset, settings, blackbox, seed, progress)
 
 
@@ -366,7 +385,13 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
     dim = settings.latent if settings.uses_ae else int(np.prod(dataset.shape))
     per_image = queries_per_image(settings, dim)
     curve = [(h["queries"], h["loss"]) for h in history]
+    bound, stopped = epoch_bound(settings, dim, len(train_x)), None
     for epoch in range(start, settings.epochs):
+        if not layer.budget.can_afford(queries=bound):
+            stopped = (f"budget: {layer.budget.remaining_queries} of {layer.budget.max_queries} "
+                       f"queries left, an epoch may send {bound}; resume with a larger "
+                       f"--max-queries")
+            break
         began = time.perf_counter()
         sent_before = layer.stats.queries
         loss = _epoch(defense, layer, local, opt, train_x, settings, seed, epoch, curve,
@@ -397,6 +422,8 @@ def _train(run: RunFolder, layer: QueryLayer, local: nn.Module | None, dataset: 
     summary = {"method": settings.method, "estimator": settings.estimator,
                "queries_per_image_per_step": per_image,
                "train_images": len(train_x), "epochs": settings.epochs,
+               "epochs_done": len(history), "complete": len(history) == settings.epochs,
+               "stopped": stopped, "sent_this_call": layer.stats.queries,
                "training_queries": queries,
                "training_queries_per_image": queries / max(len(train_x), 1),
                "total_queries": layer.ledger.summary().answered if layer.ledger else None,

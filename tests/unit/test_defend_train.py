@@ -16,6 +16,7 @@ from bbzo.defenses.models import small_cnn
 from bbzo.defenses.training import (
     StabilityLoss,
     TrainSettings,
+    epoch_bound,
     queries_per_image,
     train_defense,
 )
@@ -96,6 +97,41 @@ def test_resumed_training_continues_from_the_checkpoint(classifier: str, tmp_pat
     assert load_defense(tmp_path / "cut").method == "zo-ds"
 
 
+def test_training_budget_stops_before_an_epoch_it_cannot_cover_and_resumes(
+        classifier: str, tmp_path: Path) -> None:
+    s = TrainSettings(method="zo-ds", **TINY)  # zo-ds on 8×8: d = 64, RGE q = 3
+    bound = epoch_bound(s, 64, 32)
+    assert bound == 32 * (1 + 3 + 1) + 16
+    whole = train_defense(classifier, out=tmp_path / "whole", data="digits", settings=s, seed=1)
+    assert whole["complete"] and whole["stopped"] is None
+    # 16 (first validation) + 160 (epoch 1) + 16 (its validation) = 192 sent; 108 left < bound
+    cut = train_defense(classifier, out=tmp_path / "cut", data="digits", settings=s, seed=1,
+                        max_queries=300)
+    assert cut["sent_this_call"] == 192 and cut["epochs_done"] == 1
+    assert not cut["complete"] and cut["stopped"].startswith("budget: 108 of 300 queries left")
+    assert [json.loads(line)["epoch"] for line in
+            (tmp_path / "cut" / "history.jsonl").read_text().splitlines()] == [1]
+    # a resume may change the budget; epoch 2's clean labels come from the ledger
+    resumed = train_defense(classifier, out=tmp_path / "cut", data="digits", settings=s, seed=1,
+                            resume=True, max_queries=bound)
+    assert resumed["complete"] and resumed["sent_this_call"] == 32 * 4 + 16 <= bound
+    assert resumed["training_queries"] == whole["training_queries"]
+    assert resumed["total_queries"] == whole["total_queries"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["denoiser"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["denoiser"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("budget, words", [(8, "does not cover one validation"),
+                                           (0, "positive integer"), (True, "positive integer")])
+def test_training_budget_is_checked_before_anything_is_written(
+        classifier: str, tmp_path: Path, budget: object, words: str) -> None:
+    with pytest.raises(InputError, match=words):
+        train_defense(classifier, out=tmp_path / "run", data="digits", max_queries=budget,
+                      settings=TrainSettings(method="zo-ds", **TINY))
+    assert not (tmp_path / "run").exists()
+
+
 def test_first_order_needs_a_local_classifier(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="white-box baseline"):
         train_defense("http://127.0.0.1:9/classify", out=tmp_path / "run", data="digits",
@@ -146,3 +182,23 @@ def test_fast_preprocess_traces_and_matches_the_modules(latent: int | None) -> N
             got, want = fast(x), defense.preprocess(x)
             assert got.shape == want.shape
             assert torch.allclose(got, want, atol=TUNED_TOL, rtol=TUNED_TOL)
+
+
+def test_cli_train_reports_a_budget_stop(classifier: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bbzo.cli.main import cli
+
+    out = tmp_path / "run"
+    args = ["defend", "train", "--blackbox", classifier, "--data", "digits", "--method",
+            "zo-ds", "--epochs", "2", "--batch", "16", "--depth", "2", "--width", "4",
+            "--denoiser-epochs", "0", "--train-limit", "32", "--val-limit", "16", "--q", "3",
+            "--seed", "1", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--max-queries", "300"])
+    assert result.exit_code == 0, result.output
+    assert "stopped after epoch 1 of 2: budget" in " ".join(result.output.split())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_done"] == 1 and summary["sent_this_call"] == 192
+    bad = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "other"), "--max-queries", "8"])
+    assert bad.exit_code == 2 and "does not cover one validation" in bad.output
+    assert not (tmp_path / "other").exists()

@@ -17,8 +17,12 @@ its forwards as a fraction of this machine's fp32 GEMM rate (measured in the sam
 
 Memory flat in n: run once more with ``--n 100000 --images 1`` and compare the peak RSS.
 
-    python bench/certify.py [--quick] [--n 10000] [--images 3] [--methods bbzo loop ...]
-                            [--out bench/out]
+``--repeat R`` runs every method R times, round-robin (bbzo, loop, ..., then again), so that a
+shared machine's drift hits every method alike: each method's row is its median round, and
+each ratio is the median of the R same-round ratios (their range is printed too).
+
+    python bench/certify.py [--quick] [--n 10000] [--images 3] [--repeat 1]
+                            [--methods bbzo loop ...] [--out bench/out]
 """
 
 from __future__ import annotations
@@ -197,6 +201,40 @@ def ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def span(values: list[float]) -> str:
+    """`(range a-b)` of several rounds' ratios; empty for one."""
+    return f"(range {min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+
+
+RATIOS = ("bbzo_vs_loop", "bbzo_vs_art_best", "http_vs_server")
+
+
+def median(values: list[float | None]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return float(np.median(values)) if values else None
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The run of median samples/s among one method's rounds (a failed run if all failed)."""
+    ok = sorted((r for r in runs if "samples_per_s" in r), key=lambda r: r["samples_per_s"])
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+
+def same_round_ratios(results: dict) -> dict:
+    """bbzo / loop, bbzo / best ART and HTTP / its server's rate within one round."""
+    def rate(name: str) -> float | None:
+        return results.get(name, {}).get("samples_per_s")
+
+    bbzo, loop = rate("bbzo"), rate("loop")
+    art = max((r.get("samples_per_s", 0) for k, r in results.items() if k.startswith("art")),
+              default=0) or None
+    http = results.get("bbzo over HTTP", {})
+    return {"bbzo_vs_loop": bbzo / loop if bbzo and loop else None,
+            "bbzo_vs_art_best": bbzo / art if bbzo and art else None,
+            "http_vs_server": http["samples_per_s"] / http["server_samples_per_s"]
+            if "server_samples_per_s" in http else None}
+
+
 def table(results: dict) -> str:
     """The side-by-side markdown table of ``results`` (name → measure's result)."""
     lines = ["| method | samples/s | s/image | CPU µs/sample | share of GEMM | peak RSS |",
@@ -221,6 +259,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every method, round-robin (module doc)")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--methods", nargs="+", choices=sorted(RUNNERS), default=list(RUNNERS),
                         help="which methods to run (default: all; art only when installed)")
@@ -232,41 +272,46 @@ def main() -> None:
     n, images = (1000, 2) if args.quick else (args.n, args.images)
     model, _ = model_and_images(1)
     flops = flops_per_image(model, (1, 28, 28))
-    gemm = gemm_rate()
     try:
         import art  # noqa: F401
         have_art = True
     except ImportError:
         have_art = False
     names = {"bbzo": "bbzo", "http": "bbzo over HTTP", "loop": "loop"}
-    results = {names[m]: measure(m, n, images, 1000 if m == "loop" else args.batch)
-               for m in names if m in args.methods}
+    plan = [(names[m], m, 1000 if m == "loop" else args.batch) for m in names
+            if m in args.methods]
     if have_art and "art" in args.methods:
-        for batch in sorted({32, 256, args.batch}):
-            results[f"art (batch {batch})"] = measure("art", n, images, batch)
-    for r in results.values():
-        if "samples_per_s" in r:
-            r["gemm_fraction"] = r["samples_per_s"] * flops / gemm
-    loop = results.get("loop", {}).get("samples_per_s")
-    bbzo = results.get("bbzo", {}).get("samples_per_s", 0)
-    http = results.get("bbzo over HTTP", {})
-    art_best = max((r.get("samples_per_s", 0) for k, r in results.items()
-                    if k.startswith("art")), default=0) or None
-    report = {"n": n, "images": images, "flops_per_image": flops, "gemm_flops_per_s": gemm,
-              "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        plan += [(f"art (batch {b})", "art", b) for b in sorted({32, 256, args.batch})]
+    rounds, gemms = [], []
+    for _ in range(args.repeat):
+        gemms.append(gemm_rate())  # each round's own, as the machine drifts
+        rounds.append({name: measure(method, n, images, batch) for name, method, batch in plan})
+        for r in rounds[-1].values():
+            if "samples_per_s" in r:
+                r["gemm_fraction"] = r["samples_per_s"] * flops / gemms[-1]
+    gemm = float(np.median(gemms))
+    results = {name: median_round([r[name] for r in rounds]) for name, _, _ in plan}
+    ratios = [same_round_ratios(r) for r in rounds]
+    report = {"n": n, "images": images, "repeat": args.repeat, "flops_per_image": flops,
+              "gemm_flops_per_s": gemm, "threads": torch.get_num_threads(),
+              "load_average": os.getloadavg(),
               "art": "measured" if have_art else "not installed (pip install "
                      "adversarial-robustness-toolbox statsmodels)", "results": results,
-              "bbzo_vs_loop": bbzo / loop if loop else None,
-              "bbzo_vs_art_best": bbzo / art_best if art_best else None,
-              "http_vs_server": http.get("samples_per_s", 0)
-              / http.get("server_samples_per_s", float("inf"))}
+              **{key: median([r[key] for r in ratios]) for key in RATIOS},
+              "rounds": [{"gemm_flops_per_s": g,
+                          "samples_per_s": {k: v.get("samples_per_s") for k, v in r.items()},
+                          **ratio_set}
+                         for g, r, ratio_set in zip(gemms, rounds, ratios, strict=True)]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "certify.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    print(f"\nn = {n}, {images} image(s), {flops / 1e6:.2f} MFLOP/image, fp32 GEMM "
-          f"{gemm / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads, load "
-          f"{os.getloadavg()[0]:.1f}; bbzo / loop = {ratio(report['bbzo_vs_loop'])}, "
-          f"bbzo / best ART = {ratio(report['bbzo_vs_art_best'])}\n")
+    spread = {key: [r[key] for r in ratios if r[key] is not None] for key in RATIOS}
+    print(f"\nn = {n}, {images} image(s), {args.repeat} round(s), {flops / 1e6:.2f} "
+          f"MFLOP/image, fp32 GEMM {gemm / 1e9:.0f} GFLOP/s (median of rounds), "
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; "
+          f"bbzo / loop = {ratio(report['bbzo_vs_loop'])} "
+          f"{span(spread['bbzo_vs_loop'])}, bbzo / best ART = "
+          f"{ratio(report['bbzo_vs_art_best'])} {span(spread['bbzo_vs_art_best'])}\n")
     print(table(results))
 
 

@@ -52,7 +52,7 @@ def _checker_options() -> list[Any]:
     return [
         click.option("--lexical/--no-lexical", "lexical", default=None,
                      help="Run the offline checkers (content alignment, negation/antonyms, "
-                          "qualifiers, repetition) [default: on]."),
+                          "qualifiers, repetition, agreement) [default: on]."),
         option("max_unmatched", type=click.INT,
                help="Most content words a rewrite may add or drop without a near-synonym."),
         option("similarity", type=click.FLOAT, help="Least embedding cosine with the original."),

@@ -46,7 +46,7 @@ def test_check_pairs_writes_verdicts_and_confusion(tmp_path):
     assert (summary["tp"], summary["fp"], summary["fn"], summary["tn"]) == (1, 0, 1, 2)
     assert summary["precision"] == 1.0 and summary["recall"] == 0.5
     assert summary["checkers"] == ["option-leak", "negation", "qualifiers", "repetition",
-                                   "alignment"]
+                                   "agreement", "alignment"]
     assert summary["per_checker"]["negation"]["tn"] == 1  # only the antonym pair
     lines = [json.loads(x) for x in (tmp_path / "out" / "verdicts.jsonl").read_text()
              .splitlines()]

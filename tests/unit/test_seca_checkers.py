@@ -11,6 +11,7 @@ import pytest
 from bbzo.attacks.seca.cascade import offline_checks
 from bbzo.attacks.seca.constraints import Checks
 from bbzo.attacks.seca.equivalence import (
+    Agreement,
     ContentAlignment,
     NegationAntonym,
     QualifierChange,
@@ -23,12 +24,14 @@ from bbzo.errors import InputError
 PAIRS = [json.loads(x) for x in
          (Path(__file__).parents[1] / "data" / "seca_pairs.jsonl").read_text().splitlines()]
 CHECKERS = {"alignment": ContentAlignment(), "negation": NegationAntonym(),
-            "qualifiers": QualifierChange(), "repetition": Repetition()}
+            "qualifiers": QualifierChange(), "repetition": Repetition(),
+            "agreement": Agreement()}
 # Failure class -> the checkers of which at least one fails every pair of that class.
 CATCHES = {"added": ["alignment"], "omitted": ["alignment"], "scope": ["alignment"],
            "antonym": ["negation"], "negation": ["negation"], "entity": ["alignment"],
            "number": ["alignment"], "unit": ["qualifiers"], "tense": ["qualifiers"],
-           "topic": ["alignment", "qualifiers"], "incoherent": ["repetition"]}
+           "topic": ["alignment", "qualifiers"], "incoherent": ["repetition"],
+           "agreement": ["agreement"]}
 
 
 def passes(checker, original: str, rewrite: str) -> bool:
@@ -115,6 +118,22 @@ def test_repetition():
                   "Who was the first person on the Moon to walk on it?")
 
 
+def test_agreement():
+    check = Agreement()
+    canal = "The Panama Canal connects which two oceans?"
+    assert not passes(check, canal, "Which two oceans is connected by the Panama Canal?")
+    assert not passes(check, "Which 3 planets are rocky?", "Which 3 planets is rocky?")
+    assert not passes(check, "Are both cities in France?", "Both cities is in France?")
+    assert not passes(check, "Which two countries share the longest border?",
+                      "Which two countries has the longest border?")  # "the" starts an object
+    assert passes(check, canal, "Which two oceans are connected by the Panama Canal?")
+    assert passes(check, canal, "Which two oceans is the Panama Canal between?")  # its subject
+    assert passes(check, "How many legs does an insect have?", "How many legs does it have?")
+    assert passes(check, "Which 2 is it?", "Which 2 is it?")  # the original's own wording
+    bad = "Which two oceans is connected?"
+    assert passes(check, bad, bad)
+
+
 def test_lexicon_helpers():
     assert stem("wrote") == stem("written") == stem("write")
     assert stem("painted") == stem("paint") and stem("cities") == stem("city")
@@ -130,5 +149,5 @@ def test_offline_checks_form_a_cascade():
                             ["What gas do plants release?", "Which gas do plants absorb?"])
     assert [v.name for v in verdicts[0]] == ["negation"]  # stopped at its first failure
     assert [v.name for v in verdicts[1]] == ["negation", "qualifiers", "repetition",
-                                             "alignment"]
+                                             "agreement", "alignment"]
     assert all(v.passed for v in verdicts[1])

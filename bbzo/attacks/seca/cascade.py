@@ -18,6 +18,7 @@ from bbzo.attacks.seca.constraints import (
     PerplexityCoherence,
 )
 from bbzo.attacks.seca.equivalence import (
+    Agreement,
     ContentAlignment,
     NegationAntonym,
     QualifierChange,
@@ -29,9 +30,10 @@ CHECK_ROLES = ("embedder", "reference", "judge")
 
 
 def offline_checks(max_unmatched: int = 0) -> list[Constraint]:
-    """The checkers that need no model: negation/antonyms, qualifiers, repetition, content
-    alignment (``equivalence.py``)."""
-    return [NegationAntonym(), QualifierChange(), Repetition(), ContentAlignment(max_unmatched)]
+    """The checkers that need no model: negation/antonyms, qualifiers, repetition, number
+    agreement, content alignment (``equivalence.py``)."""
+    return [NegationAntonym(), QualifierChange(), Repetition(), Agreement(),
+            ContentAlignment(max_unmatched)]
 
 
 def build_constraints(layers: Mapping[str, QueryLayer], *, lexical: bool = True,

@@ -12,6 +12,8 @@ protocol of ``constraints.py`` and run before the model-based checks.
   ("only", "first", "current") or the tense of the auxiliaries differ.
 - ``Repetition`` (coherence): a word or a content bigram repeated where the original had it
   once, more sentences than the original, or broken order ("the what", "the who").
+- ``Agreement`` (coherence): a counted plural ("two oceans", "both cities") as the subject of
+  a singular verb ("which two oceans is connected by ...").
 
 The thresholds are counts: ``ContentAlignment(max_unmatched=0)`` fails a rewrite with any
 unmatched content word. On the labelled pairs of ``tests/data/seca_pairs.jsonl`` (README) the
@@ -28,6 +30,7 @@ from bbzo.attacks.seca.constraints import Verdict
 from bbzo.attacks.seca.lexicon import (
     AUX,
     FUNCTION,
+    NUMBER_WORDS,
     WH,
     Words,
     antonyms,
@@ -168,3 +171,49 @@ def _repetitions(rewrite: Words, original: Words) -> list[str]:
     if broken:
         problems.append(f"broken order {broken}")
     return problems
+
+
+PLURAL_COUNTS = frozenset(NUMBER_WORDS) | frozenset(("both", "several"))
+SINGULAR_VERBS = frozenset(("is", "was", "has"))
+PRONOUNS = frozenset(("it", "he", "she", "there", "this", "that"))
+SUBJECT_STARTS = DETERMINERS | PRONOUNS | frozenset(("its", "his", "her", "their"))
+
+
+class Agreement:
+    """A counted plural followed, within two words, by a singular verb that it is the subject
+    of: "which two oceans is connected" fails; "which two oceans is the canal between" passes
+    (a subject follows the verb: a determiner, pronoun or name after is/was, a pronoun or
+    name after has, where "the" starts an object as often), as does any disagreement the
+    original text already had."""
+
+    name = "agreement"
+
+    def check(self, question: Question, texts: Sequence[str]) -> list[list[Verdict]]:
+        before = set(_disagreements(words(question.question)))
+        out = []
+        for text in texts:
+            found = [d for d in _disagreements(words(text)) if d not in before]
+            out.append([Verdict(self.name, "coherence", not found, float(len(found)),
+                                f"plural subject, singular verb {found}" if found
+                                else "no disagreement")])
+        return out
+
+
+def _disagreements(text: Words) -> list[str]:
+    """"two oceans is" and the like: a plural count (a number word from two, a number above
+    one, "both", "several"), one or two words, then is/was/has not followed by a subject
+    (``Agreement``)."""
+    tokens, cased = text.tokens, text.cased
+    found = []
+    for i, token in enumerate(tokens):
+        if token not in PLURAL_COUNTS and not (token.isdigit() and int(token) > 1):
+            continue
+        for j in range(i + 2, min(i + 4, len(tokens))):
+            if tokens[j] in AUX:
+                after = tokens[j + 1] if j + 1 < len(tokens) else None
+                starts = PRONOUNS if tokens[j] == "has" else SUBJECT_STARTS
+                subject = after is not None and (after in starts or cased[j + 1][:1].isupper())
+                if tokens[j] in SINGULAR_VERBS and not subject:
+                    found.append(" ".join(tokens[i:j + 1]))
+                break
+    return found

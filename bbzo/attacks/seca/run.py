@@ -109,7 +109,7 @@ class SecaConfig:
         limit: attack only the first ``limit`` questions (None: all).
         shuffle: shuffle each question's options with the seed.
         lexical: run the offline checkers (``equivalence.py``: content alignment,
-            negation/antonyms, qualifiers, repetition) before the model-based checks.
+            negation/antonyms, qualifiers, repetition, agreement) before the model-based checks.
         max_unmatched: most content words a rewrite may add or drop without a near-synonym.
         similarity: least embedding cosine for equivalence.
         coherence_ratio: most perplexity, as a multiple of the original's.

@@ -21,7 +21,7 @@ the questions where SECA's final p(target) is above / equal to / below random's,
 success (original -> rewrite, p before -> after). ``--report-only`` compares existing run
 folders (``--seca-run``, ``--random-run``) without running anything.
 
-    python bench/seca.py --compare --set builtin --limit 20 --iterations 6 --runs DIR
+    python bench/seca.py --compare --set builtin --limit 20 --iterations 6 --runs DIR [--seed 1]
     python bench/seca.py --compare --set PATH.jsonl --limit 40 --iterations 6 --runs DIR
     python bench/seca.py --compare --report-only --seca-run DIR --random-run DIR
 """
@@ -183,9 +183,9 @@ def print_comparison(result: dict) -> None:
 
 
 def run_pair(questions: str | None, limit: int | None, iterations: int, runs: Path,
-             name: str) -> tuple[Path, Path]:
+             name: str, seed: int = 0) -> tuple[Path, Path]:
     """SECA then its matched random baseline (both resumable) under ``runs``."""
-    config = SecaConfig(questions=questions, limit=limit, iterations=iterations, seed=0,
+    config = SecaConfig(questions=questions, limit=limit, iterations=iterations, seed=seed,
                         device="cpu")
     seca_run, random_run = runs / f"{name}-seca", runs / f"{name}-random"
     run_seca(config, out=seca_run, resume=True)
@@ -202,7 +202,8 @@ def main_compare(args: argparse.Namespace) -> None:
     else:
         questions = None if args.set == "builtin" else args.set
         name = "builtin" if questions is None else Path(questions).stem
-        seca_run, random_run = run_pair(questions, args.limit, args.iterations, args.runs, name)
+        seca_run, random_run = run_pair(questions, args.limit, args.iterations, args.runs, name,
+                                        args.seed)
     result = compare(seca_run, random_run)
     print_comparison(result)
     out = random_run.parent / f"compare-{random_run.name}.json"
@@ -226,6 +227,7 @@ def main() -> None:
                         help="--compare: 'builtin' or a question file [default: %(default)s]")
     parser.add_argument("--limit", type=int, default=None, help="--compare: first N questions")
     parser.add_argument("--iterations", type=int, default=30, help="--compare: search steps")
+    parser.add_argument("--seed", type=int, default=0, help="--compare: seed of both runs")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "seca-compare",
                         help="--compare: folder of the two run folders")
     parser.add_argument("--report-only", action="store_true",

@@ -24,6 +24,13 @@ folders (``--seca-run``, ``--random-run``) without running anything.
     python bench/seca.py --compare --set builtin --limit 20 --iterations 6 --runs DIR [--seed 1]
     python bench/seca.py --compare --set PATH.jsonl --limit 40 --iterations 6 --runs DIR
     python bench/seca.py --compare --report-only --seca-run DIR --random-run DIR
+
+Each comparison also counts, per eligible question, which method attacked it (both, SECA only,
+random only, neither) and gives two-sided exact tests of "equally good": McNemar's on the
+questions only one method attacked and the sign test on final p(target). ``--pool`` adds up
+the counts of several comparisons (seeds, question sets) and tests the sums.
+
+    python bench/seca.py --pool bench/results/seca/compare-*.json
 """
 
 from __future__ import annotations
@@ -131,11 +138,45 @@ def compare(seca_run: Path, random_run: Path) -> dict:
         out[name]["feasible_improvers_step_1_later"] = [
             sum(t["feasible"] for t in steps if t["step"] == 1),
             sum(t["feasible"] for t in steps if t["step"] > 1)]
-    pairs = [(seca[i]["p_target_after"], rand[i]["p_target_after"]) for i in ids
-             if seca[i]["eligible"]]
+    eligible = [i for i in ids if seca[i]["eligible"]]
+    pairs = [(seca[i]["p_target_after"], rand[i]["p_target_after"]) for i in eligible]
     out["paired_p_target_after"] = {"seca_above": sum(a > b for a, b in pairs),
                                     "equal": sum(a == b for a, b in pairs),
                                     "seca_below": sum(a < b for a, b in pairs)}
+    wins = [(bool(seca[i]["success"]), bool(rand[i]["success"])) for i in eligible]
+    out["paired_success"] = {"both": sum(a and b for a, b in wins),
+                             "seca_only": sum(a and not b for a, b in wins),
+                             "random_only": sum(b and not a for a, b in wins),
+                             "neither": sum(not (a or b) for a, b in wins)}
+    out["tests"] = paired_tests(out["paired_success"], out["paired_p_target_after"])
+    return out
+
+
+def paired_tests(success: dict, p_target: dict) -> dict:
+    """Two-sided exact tests that SECA and random do equally well, per eligible question:
+    McNemar's on the questions only one of them attacked, the sign test on the questions whose
+    final p(target) differs (both binomial tests at 1/2 on the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    def p_value(k: int, n: int) -> float | None:
+        return None if n == 0 else float(binomtest(k, n, 0.5).pvalue)
+
+    return {"mcnemar_p": p_value(success["seca_only"],
+                                 success["seca_only"] + success["random_only"]),
+            "sign_test_p": p_value(p_target["seca_above"],
+                                   p_target["seca_above"] + p_target["seca_below"])}
+
+
+def pool(results: list[dict]) -> dict:
+    """Comparisons (``compare`` outputs: other seeds or question sets) added up: eligible and
+    attacked questions, the paired counts, and the tests on the sums."""
+    out: dict = {"runs": [r["seca_run"] for r in results]}
+    for name in ("seca", "random"):
+        out[name] = {k: sum(r[name][k] for r in results) for k in ("eligible", "attacked")}
+        out[name]["asr"] = out[name]["attacked"] / max(1, out[name]["eligible"])
+    for key in ("paired_success", "paired_p_target_after"):
+        out[key] = {k: sum(r[key][k] for r in results) for k in results[0][key]}
+    out["tests"] = paired_tests(out["paired_success"], out["paired_p_target_after"])
     return out
 
 
@@ -172,14 +213,31 @@ def print_comparison(result: dict) -> None:
     print("| | SECA | random baseline (same texts scored) |\n| --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    paired = result["paired_p_target_after"]
-    print(f"\nfinal p(target), per eligible question: SECA above random {paired['seca_above']}, "
-          f"equal {paired['equal']}, below {paired['seca_below']}")
+    print_paired(result)
     for name in ("seca", "random"):
         print(f"\n{name} successes ({len(result[name]['successes'])}):")
         for w in result[name]["successes"]:
             print(f"- {w['original']} -> {w['rewrite']} (p {w['p_target_before']:.3f} -> "
                   f"{w['p_target_after']:.3f})")
+
+
+def print_paired(result: dict) -> None:
+    """The per-question view of a comparison (or a pool of them) and its exact tests."""
+    paired, wins = result["paired_p_target_after"], result["paired_success"]
+    tests = {k: "—" if v is None else f"{v:.2f}" for k, v in result["tests"].items()}
+    print(f"\nper eligible question: final p(target) SECA above random {paired['seca_above']}, "
+          f"equal {paired['equal']}, below {paired['seca_below']} (sign test p = "
+          f"{tests['sign_test_p']}); attacked by both {wins['both']}, SECA only "
+          f"{wins['seca_only']}, random only {wins['random_only']}, neither {wins['neither']} "
+          f"(McNemar p = {tests['mcnemar_p']})")
+
+
+def main_pool(files: list[Path]) -> None:
+    result = pool([json.loads(f.read_text()) for f in files])
+    s, r = result["seca"], result["random"]
+    print(f"pooled over {len(files)} comparisons: ASR SECA {s['attacked']} / {s['eligible']} "
+          f"({s['asr']:.1%}), random {r['attacked']} / {r['eligible']} ({r['asr']:.1%})")
+    print_paired(result)
 
 
 def run_pair(questions: str | None, limit: int | None, iterations: int, runs: Path,
@@ -234,8 +292,13 @@ def main() -> None:
                         help="--compare: compare --seca-run and --random-run, run nothing")
     parser.add_argument("--seca-run", type=Path, default=None)
     parser.add_argument("--random-run", type=Path, default=None)
+    parser.add_argument("--pool", type=Path, nargs="+", default=None, metavar="COMPARE_JSON",
+                        help="add up compare-*.json files of --compare and test the sums")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pool:
+        main_pool(args.pool)
+        return
     if args.compare:
         main_compare(args)
         return

@@ -233,7 +233,12 @@ def print_paired(result: dict) -> None:
 
 
 def main_pool(files: list[Path]) -> None:
-    result = pool([json.loads(f.read_text()) for f in files])
+    results = [json.loads(f.read_text()) for f in files]
+    for f, r in zip(files, results, strict=True):
+        if "paired_success" not in r:
+            raise SystemExit(f"{f} has no paired counts (an older bench); rerun --compare "
+                             f"--report-only on its two runs")
+    result = pool(results)
     s, r = result["seca"], result["random"]
     print(f"pooled over {len(files)} comparisons: ASR SECA {s['attacked']} / {s['eligible']} "
           f"({s['asr']:.1%}), random {r['attacked']} / {r['eligible']} ({r['asr']:.1%})")

@@ -30,7 +30,7 @@ random only, neither) and gives two-sided exact tests of "equally good": McNemar
 questions only one method attacked and the sign test on final p(target). ``--pool`` adds up
 the counts of several comparisons (seeds, question sets) and tests the sums.
 
-    python bench/seca.py --pool bench/results/seca/compare-*.json
+    python bench/seca.py --pool bench/results/seca/compare-{builtin-50,builtin-50-seed1}.json
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from bbzo.blackbox.targets.classifier import TorchClassifier, save_classifier
 from bbzo.blackbox.targets.spec import load_target
 from bbzo.blackbox.zo.bridge import zo_function
 from bbzo.blackbox.zo.estimators import CGE, RGE
+from bbzo.checks import int_at_least
 from bbzo.defenses.data import Dataset, check_name, load_dataset
 from bbzo.defenses.defense import METHODS, Defense, build_networks
 from bbzo.defenses.models import small_cnn
@@ -282,9 +283,8 @@ def train_defense(blackbox: str, *, out: str | Path, data: str = "mnist5k",
     loss.png (training loss against black-box queries), ledger.sqlite and summary.json.
     """
     settings = settings or TrainSettings()
-    if max_queries is not None and (isinstance(max_queries, bool)
-                                    or not isinstance(max_queries, int) or max_queries < 1):
-        raise InputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    if max_queries is not None:
+        max_queries = int_at_least("max_queries", max_queries)
     if max_queries is not None and max_queries < settings.val_limit:
         raise InputError(f"max_queries {max_queries} does not cover one validation "
                          f"({settings.val_limit} queries); raise --max-queries or lower "

@@ -34,7 +34,7 @@ from bbzo.defenses.smoothing import (
     max_certifiable_radius,
     noise,
 )
-from bbzo.errors import BudgetExceeded, InputError
+from bbzo.errors import BudgetExceeded, InputError, PermanentError
 from bbzo.runs.settings import FieldError
 
 ARCH = textwrap.dedent('''
@@ -272,6 +272,65 @@ def test_a_refused_submit_leaves_no_noise_thread(arch: str) -> None:
         short.certify(np.full((1, 4, 4), 0.52, np.float32), 0)
     assert short.sent == 10 + 512
     assert not [t for t in threading.enumerate() if t.name.startswith("bbzo-noise")]
+
+
+class Overlapping(Target):
+    """The brightness classifier; counts its calls in flight. Each call waits (up to 2 s) for
+    another to be in flight too, then answers; ``fail_on``: that call (1-based) raises."""
+
+    capabilities = frozenset({"classify"})
+    max_batch = 64
+
+    def __init__(self, inner: Target, fail_on: int | None = None) -> None:
+        self.inner, self.fail_on, self.id = inner, fail_on, inner.id
+        self.calls = self.now = self.most = 0
+        self.changed = threading.Condition()
+
+    def call(self, requests: list[Request]) -> list[Response]:
+        with self.changed:
+            self.calls += 1
+            failing = self.calls == self.fail_on
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.now > 1, timeout=2)
+        try:
+            if failing:
+                raise PermanentError("injected failure")
+            return self.inner.call(requests)
+        finally:
+            with self.changed:
+                self.now -= 1
+
+
+def test_a_local_black_box_gets_the_next_submit_while_one_is_answered(arch: str,
+                                                                    tmp_path: Path) -> None:
+    inner = load_target(f"torch:{arch}:brightness", device="cpu")
+    x, s = np.full((1, 4, 4), 0.52, np.float32), settings(n0=10, n=3000, batch=1024)
+    target = Overlapping(inner)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        cert = SmoothedClassifier(QueryLayer(target, ledger=ledger), s, seed=1).certify(x, 0)
+        assert ledger.summary().queries == 3010
+    assert target.most == 2  # two submits in flight, never more
+    assert target.calls == 4  # submits ramp up: 10 | 1024 | 1024 | 952 rows
+    assert cert == SmoothedClassifier(QueryLayer(inner), s, seed=1).certify(x, 0)
+
+
+def test_a_failing_submit_stops_the_pipeline_keeping_what_was_answered(arch: str,
+                                                                      tmp_path: Path) -> None:
+    inner = load_target(f"torch:{arch}:brightness", device="cpu")
+    x, s = np.full((1, 4, 4), 0.52, np.float32), settings(n0=10, n=3000, batch=1024)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        layer = QueryLayer(Overlapping(inner, fail_on=3), ledger=ledger)
+        with pytest.raises(PermanentError, match="injected"):
+            SmoothedClassifier(layer, s, seed=1).certify(x, 0)
+        answered = ledger.summary().queries
+        assert answered >= 10 + 1024  # the submits before the failure are recorded
+        assert not [t for t in threading.enumerate() if t.name.startswith("bbzo-noise")]
+        again = SmoothedClassifier(QueryLayer(inner, ledger=ledger), s, seed=1)
+        assert again.certify(x, 0) == SmoothedClassifier(QueryLayer(inner), s,
+                                                         seed=1).certify(x, 0)
+        assert (again.cached, again.sent) == (answered, 3010 - answered)
 
 
 def test_same_certificates_across_batch_sizes(arch: str, images: str, tmp_path: Path) -> None:

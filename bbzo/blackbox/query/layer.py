@@ -34,9 +34,9 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bbzo.blackbox.budget import Budget, as_budget
 from bbzo.blackbox.protocol import Request, Response, Usage
@@ -54,6 +54,28 @@ from bbzo.blackbox.targets.base import Target
 from bbzo.errors import BudgetExceeded, InputError, TargetError, TransientError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def run_blocking(start: Callable[[], Awaitable[T]]) -> T:
+    """The result of the coroutine ``start()``, run to the end on a new event loop. Inside a
+    running loop (a notebook, an async app) it runs on a helper thread with its own loop and
+    blocks the caller's loop until done; there, prefer awaiting the coroutine."""
+    result: list[T] = []
+
+    async def main() -> None:
+        # The task returns None: asyncio.run's SIGINT bookkeeping formats the main task's
+        # repr, result included, and the repr of 256 answers holding arrays costs ~50 ms.
+        result.append(await start())
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(main())
+        return result[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
+    return result[0]
 
 
 @dataclass
@@ -196,21 +218,7 @@ class QueryLayer:
         """Blocking ``asubmit``. Inside a running event loop (a notebook, an async app) it runs
         on a helper thread with its own loop and blocks the caller's loop until done; there,
         prefer ``await layer.asubmit(...)``."""
-        answers: list[Response] = []
-
-        async def main() -> None:
-            # The task returns None: asyncio.run's SIGINT bookkeeping formats the main task's
-            # repr, result included, and the repr of 256 answers holding arrays costs ~50 ms.
-            answers.extend(await self.asubmit(requests, all_or_nothing=all_or_nothing))
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(main())
-            return answers
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, main()).result()
-        return answers
+        return run_blocking(lambda: self.asubmit(requests, all_or_nothing=all_or_nothing))
 
     async def asubmit(self, requests: Sequence[Request], *,
                       all_or_nothing: bool = False) -> list[Response]:

@@ -118,6 +118,7 @@ class TunedForward:
         self.threads = threads
         self.graphs: dict[tuple[int, ...], Graph | None] = {}  # per input shape; None: module
         self._workers: ChunkWorkers | None = None
+        self._lock = threading.Lock()  # calls may come from several threads at once
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The output for ``x`` (n, *input_shape), a CPU tensor."""
@@ -129,10 +130,11 @@ class TunedForward:
         dtype = torch.from_numpy(np.empty(0, parts[0].dtype)).dtype
         ends = np.cumsum([len(part) for part in parts])
         total = int(ends[-1])
-        if shape not in self.graphs:
-            example = torch.empty(self.chunk, *shape, dtype=dtype)
-            _gather(parts, ends, 0, min(self.chunk, total), example.numpy())
-            self.graphs[shape] = tuned_forward(self.module, example)
+        with self._lock:
+            if shape not in self.graphs:
+                example = torch.empty(self.chunk, *shape, dtype=dtype)
+                _gather(parts, ends, 0, min(self.chunk, total), example.numpy())
+                self.graphs[shape] = tuned_forward(self.module, example)
         graph = self.graphs[shape]
         if graph is None:
             with torch.no_grad():
@@ -154,13 +156,19 @@ class TunedForward:
         threads = min(len(starts), self.threads or torch.get_num_threads())
         if threads < 2:
             return torch.cat([run(start) for start in starts])
-        if self._workers is None or self._workers.threads < threads:
-            self.close()
-            self._workers = ChunkWorkers(threads)
-        return torch.cat(self._workers.map(run, starts))
+        with self._lock:
+            if self._workers is None or self._workers.threads < threads:
+                self._close()
+                self._workers = ChunkWorkers(threads)
+            workers = self._workers
+        return torch.cat(workers.map(run, starts))
 
     def close(self) -> None:
         """Stop the worker threads, if any (they start again when needed)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._workers is not None:
             self._workers.close()
             self._workers = None

@@ -8,8 +8,9 @@ its forwards as a fraction of this machine's fp32 GEMM rate (measured in the sam
 
 - ``bbzo``: ``SmoothedClassifier.certify`` through the query layer (one dense request per noise
   block, ledger on disk) on a local ``TorchClassifier`` tuned as ``certify_run`` tunes it;
-- ``http``: the same through ``HTTPClassifier`` against ``bbzo serve-classifier`` on
-  127.0.0.1, with the ratio of its throughput to the server's own classification rate;
+- ``http``: the same through ``HTTPClassifier`` against ``bbzo serve-classifier`` running in
+  its own process on 127.0.0.1 (sharing the cores), with the ratio of its throughput to the
+  server's own classification rate (CPU and RSS: the client's);
 - ``loop``: Cohen's code's shape: batches of 1,000 repeated images + ``randn_like`` noise under
   ``no_grad``, counts by argmax;
 - ``tuned``: the best plain-torch loop one writes by hand (the recipe an outside measurement
@@ -33,11 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -123,27 +126,46 @@ def run_bbzo(n: int, images: int, batch: int) -> dict:
 
 
 def run_http(n: int, images: int, batch: int) -> dict:
-    """bbzo's certify of the same classifier served over HTTP on 127.0.0.1; also the server's
-    own classification rate (inputs per second of model time)."""
+    """bbzo's certify of the same classifier behind ``bbzo serve-classifier`` in its own process
+    on 127.0.0.1, as a black box is served; also the server's own classification rate (inputs
+    per second of model time, from its ``/stats``). CPU and peak RSS are the client's."""
     from bbzo.blackbox.query.layer import QueryLayer
-    from bbzo.blackbox.serve.classifier import start_classifier_server
-    from bbzo.blackbox.targets.classifier import HTTPClassifier, TorchClassifier
+    from bbzo.blackbox.targets.classifier import HTTPClassifier, save_classifier
     from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings
 
     model, x = model_and_images(images)
-    local = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch,
-                            tune=True)
-    local.predict(x[:1])  # the server's tuned graph, traced before timing
-    with start_classifier_server(local) as server:
-        remote = HTTPClassifier(server.url, max_batch=batch, timeout=120)
-        smoothed = SmoothedClassifier(QueryLayer(remote),
-                                      SmoothingSettings(n0=100, n=n, batch=batch))
-        start = clock()
-        for i in range(images):
-            smoothed.certify(x[i], i)
-        took = elapsed(start)
-        stats = server.stats()
-    return {**took, "server_samples_per_s": stats["inputs"] / stats["model_seconds"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_classifier(model, Path(tmp) / "classifier", "bbzo.defenses.models:small_cnn",
+                                 {"width": WIDTH}, outputs="logits")
+        server = subprocess.Popen([sys.executable, "-c", "from bbzo.cli.main import cli; cli()",
+                                   "serve-classifier", str(folder), "--port", "0"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            started = server.stderr.readline()  # "serving ... at URL; Ctrl-C stops"
+            url = re.search(r"http://\S+/classify", started)
+            if url is None:
+                raise RuntimeError(f"bbzo serve-classifier did not start: {started.strip()}")
+            remote = HTTPClassifier(url.group(0), max_batch=batch, timeout=120)
+            remote.predict(x[:1])  # the server traces its tuned graph before timing
+            before = server_stats(url.group(0))
+            smoothed = SmoothedClassifier(QueryLayer(remote),
+                                          SmoothingSettings(n0=100, n=n, batch=batch))
+            start = clock()
+            for i in range(images):
+                smoothed.certify(x[i], i)
+            took = elapsed(start)
+            after = server_stats(url.group(0))
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {**took, "server_samples_per_s": (after["inputs"] - before["inputs"])
+            / (after["model_seconds"] - before["model_seconds"])}
+
+
+def server_stats(url: str) -> dict:
+    """``GET /stats`` of the classifier server whose classify endpoint is ``url``."""
+    with urllib.request.urlopen(url.replace("/classify", "/stats"), timeout=30) as reply:
+        return json.loads(reply.read())
 
 
 def run_loop(n: int, images: int, batch: int) -> dict:

@@ -13,7 +13,7 @@ its request is keyed by that recipe (``block_recipe``, ``Request.recipe``) and n
 over the inputs; with one, by the inputs' bytes.
 
 The black box is kept busy: a submit's noise is drawn and its requests built (and preprocessed)
-on a worker thread while earlier submits are in flight, and a local black box gets the next
+on a worker thread while earlier submits are in flight, and the black box gets the next
 submit before the answers of the last one are recorded (``PIPELINE_DEPTH``); submits ramp up
 from ``FIRST_SUBMIT`` rows so that the first inputs go out early. On 2 cores this certifies
 ~13 % faster than one submit at a time with the next one prepared meanwhile. The inputs are
@@ -50,10 +50,7 @@ from bbzo.runs.settings import check_fields
 NOISE_BLOCK = 512  # noisy inputs per generator and per request
 FIRST_SUBMIT = 2 * NOISE_BLOCK  # the most rows of the first submit of a ``_tallies`` call
 RAMP = 4  # each next submit has at most RAMP× the rows of the one before (up to the batch)
-# Submits in flight at once for a local black box. A remote one gets 1: its requests already go
-# out ``concurrency`` at a time within a submit, and more in flight only made a server on
-# 127.0.0.1 juggle more requests (bench/certify.py: 30 % slower).
-PIPELINE_DEPTH = 2
+PIPELINE_DEPTH = 2  # submits in flight at once (the layer's ``concurrency`` still caps calls)
 SELECT, ESTIMATE = 0, 1  # noise phases: CERTIFY's selection draws (n0), estimation draws (n)
 # What draws the noise, in every recipe key: another torch may draw other values.
 NOISE_SOURCE = f"torch {torch.__version__} CPU generator, randn float32"
@@ -335,7 +332,6 @@ class SmoothedClassifier:
         one submit to be recorded before the next. On a failure the submits in flight are
         cancelled (their sends finish and are recorded) and the first error is raised."""
         loop = asyncio.get_running_loop()
-        depth = 1 if self.layer.target.remote else PIPELINE_DEPTH
 
         async def answer(requests: list[Request]) -> np.ndarray:
             responses = await self.layer.asubmit(requests, all_or_nothing=True)
@@ -348,7 +344,7 @@ class SmoothedClassifier:
                     as pool:
                 for _, *where in work:
                     requests = await loop.run_in_executor(pool, prepare, *where)
-                    if len(flights) == depth:
+                    if len(flights) == PIPELINE_DEPTH:
                         found.append(await flights.popleft())
                     flights.append(asyncio.ensure_future(answer(requests)))
             while flights:

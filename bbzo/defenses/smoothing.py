@@ -16,7 +16,7 @@ The black box is kept busy: a submit's noise is drawn and its requests built (an
 on a worker thread while earlier submits are in flight, and the black box gets the next
 submit before the answers of the last one are recorded (``PIPELINE_DEPTH``); submits ramp up
 from ``FIRST_SUBMIT`` rows so that the first inputs go out early. On 2 cores this certifies
-~13 % faster than one submit at a time with the next one prepared meanwhile. The inputs are
+13–16 % faster than one submit at a time with the next one prepared meanwhile. The inputs are
 the same as drawn in series.
 
 Every noisy input counts as one query (a block of k inputs is k ``Request.queries``): the
@@ -42,7 +42,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from bbzo.blackbox.budget import Budget
-from bbzo.blackbox.protocol import Request, canonical_json
+from bbzo.blackbox.protocol import Request, Response, canonical_json
 from bbzo.blackbox.query.layer import QueryLayer, run_blocking
 from bbzo.errors import InputError, TargetError
 from bbzo.runs.settings import check_fields
@@ -239,7 +239,7 @@ class SmoothedClassifier:
         return [Request("classify", {"inputs": inputs[i:i + NOISE_BLOCK]})
                 for i in range(0, len(inputs), NOISE_BLOCK)]
 
-    def _top_classes(self, requests: list[Request], responses: list) -> np.ndarray:
+    def _top_classes(self, requests: list[Request], responses: list[Response]) -> np.ndarray:
         """Top classes of the inputs of ``requests`` (in order) from the layer's ``responses``."""
         try:
             probs = np.concatenate([np.asarray(r.output["probs"], dtype=np.float64)

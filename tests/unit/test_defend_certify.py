@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import textwrap
@@ -27,6 +28,7 @@ from bbzo.defenses.smoothing import (
     ESTIMATE,
     NOISE_BLOCK,
     SELECT,
+    Certificate,
     SmoothedClassifier,
     SmoothingSettings,
     block_seed,
@@ -331,6 +333,18 @@ def test_a_failing_submit_stops_the_pipeline_keeping_what_was_answered(arch: str
         assert again.certify(x, 0) == SmoothedClassifier(QueryLayer(inner), s,
                                                          seed=1).certify(x, 0)
         assert (again.cached, again.sent) == (answered, 3010 - answered)
+
+
+def test_certify_inside_a_running_event_loop_matches_outside(arch: str) -> None:
+    target = load_target(f"torch:{arch}:brightness", device="cpu")
+    x, s = np.full((1, 4, 4), 0.52, np.float32), settings(n0=10, n=1100, batch=512)
+
+    async def notebook_cell() -> Certificate:  # as in Jupyter, where a loop is running
+        return SmoothedClassifier(QueryLayer(target), s, seed=1).certify(x, 0)
+
+    inside = asyncio.run(notebook_cell())
+    assert inside == SmoothedClassifier(QueryLayer(target), s, seed=1).certify(x, 0)
+    assert inside.queries == 1110
 
 
 def test_same_certificates_across_batch_sizes(arch: str, images: str, tmp_path: Path) -> None:

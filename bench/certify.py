@@ -13,9 +13,12 @@ its forwards as a fraction of this machine's fp32 GEMM rate (measured in the sam
   server's own classification rate (CPU and RSS: the client's);
 - ``loop``: Cohen's code's shape: batches of 1,000 repeated images + ``randn_like`` noise under
   ``no_grad``, counts by argmax;
+- ``bbzo-ts``: ``bbzo`` with the tuned forward's TorchScript backend instead of ONNX Runtime;
 - ``tuned``: the best plain-torch loop one writes by hand (the recipe an outside measurement
   used): channels-last, a frozen trace optimised for inference, batches of 128, noise drawn
-  into a reused buffer; no query layer, no ledger, no budget (bbzo's ceiling, not a peer);
+  into a reused buffer; no query layer, no ledger, no budget;
+- ``onnx-loop``: the same loop with the model exported to ONNX and run by an ONNX Runtime
+  session (ORT's own intra-op threads), what one writes by hand with ORT;
 - ``art``: ``PyTorchRandomizedSmoothing.certify`` (``adversarial-robustness-toolbox``, optional)
   at its default batch size (32) and at 256 and ours; "best" is the fastest of them.
 
@@ -32,6 +35,7 @@ each ratio is the median of the R same-round ratios (their range is printed too)
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -104,7 +108,7 @@ def model_and_images(images: int) -> tuple[nn.Module, np.ndarray]:
     return model, x
 
 
-def run_bbzo(n: int, images: int, batch: int) -> dict:
+def run_bbzo(n: int, images: int, batch: int, backend: str = "auto") -> dict:
     from bbzo.blackbox.query.layer import QueryLayer
     from bbzo.blackbox.query.ledger import Ledger
     from bbzo.blackbox.targets.classifier import TorchClassifier
@@ -112,7 +116,7 @@ def run_bbzo(n: int, images: int, batch: int) -> dict:
 
     model, x = model_and_images(images)
     target = TorchClassifier(model, "bench", outputs="logits", device="cpu", max_batch=batch,
-                             tune=True)
+                             tune=True, backend=backend)
     setup = time.perf_counter()
     target.predict(x[:1])  # traces and checks the tuned graph once per process
     setup = time.perf_counter() - setup
@@ -122,7 +126,13 @@ def run_bbzo(n: int, images: int, batch: int) -> dict:
         start = clock()
         for i in range(images):
             smoothed.certify(x[i], i)
-        return {**elapsed(start), "setup_seconds": setup}
+        return {**elapsed(start), "setup_seconds": setup,
+                "backend": "/".join(sorted(set(target.runner.backends.values())))}
+
+
+def run_bbzo_torchscript(n: int, images: int, batch: int) -> dict:
+    """``run_bbzo`` with the tuned forward's TorchScript backend (no ONNX Runtime)."""
+    return run_bbzo(n, images, batch, backend="torchscript")
 
 
 def run_http(n: int, images: int, batch: int) -> dict:
@@ -210,6 +220,37 @@ def run_tuned_loop(n: int, images: int, batch: int) -> dict:
     return {**elapsed(start), "setup_seconds": setup}
 
 
+def run_onnx_loop(n: int, images: int, batch: int) -> dict:
+    """The tuned loop with ONNX Runtime in place of torch's forward: the model exported once,
+    one session with ORT's own intra-op threads (as many as torch's), batches of ``batch``,
+    noise drawn into a reused buffer."""
+    import onnxruntime
+
+    model, x = model_and_images(images)
+    buffer = torch.empty(batch, 1, 28, 28)
+    setup = time.perf_counter()
+    exported = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (buffer.normal_(),), exported, dynamo=False,
+                          input_names=["x"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(exported.getvalue(), options,
+                                           providers=["CPUExecutionProvider"])
+    session.run(None, {"x": buffer.numpy()})
+    setup = time.perf_counter() - setup
+    start = clock()
+    for i in range(images):
+        image = torch.from_numpy(x[i])
+        for num in (100, n):
+            counts = np.zeros(10, dtype=np.int64)
+            for lo in range(0, num, batch):
+                torch.randn(buffer.shape, out=buffer).mul_(0.25).add_(image)
+                logits = session.run(None, {"x": buffer.numpy()})[0]
+                counts += np.bincount(logits.argmax(1)[:min(batch, num - lo)], minlength=10)
+    return {**elapsed(start), "setup_seconds": setup}
+
+
 def run_art(n: int, images: int, batch: int) -> dict:
     from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
@@ -222,8 +263,8 @@ def run_art(n: int, images: int, batch: int) -> dict:
     return elapsed(start)
 
 
-RUNNERS = {"bbzo": run_bbzo, "http": run_http, "loop": run_loop, "tuned": run_tuned_loop,
-           "art": run_art}
+RUNNERS = {"bbzo": run_bbzo, "bbzo-ts": run_bbzo_torchscript, "http": run_http,
+           "loop": run_loop, "tuned": run_tuned_loop, "onnx-loop": run_onnx_loop, "art": run_art}
 
 
 def child(method: str, n: int, images: int, batch: int) -> None:
@@ -258,7 +299,8 @@ def span(values: list[float]) -> str:
     return f"(range {min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
 
 
-RATIOS = ("bbzo_vs_loop", "bbzo_vs_tuned_loop", "bbzo_vs_art_best", "http_vs_server")
+RATIOS = ("bbzo_vs_loop", "bbzo_vs_tuned_loop", "bbzo_vs_onnx_loop", "bbzo_vs_art_best",
+          "http_vs_server")
 
 
 def median(values: list[float | None]) -> float | None:
@@ -273,17 +315,18 @@ def median_round(runs: list[dict]) -> dict:
 
 
 def same_round_ratios(results: dict) -> dict:
-    """bbzo / loop, bbzo / tuned loop, bbzo / best ART and HTTP / its server's rate within
-    one round."""
+    """bbzo / loop, bbzo / tuned loop, bbzo / ONNX loop, bbzo / best ART and HTTP / its
+    server's rate within one round."""
     def rate(name: str) -> float | None:
         return results.get(name, {}).get("samples_per_s")
 
-    bbzo, loop, tuned = rate("bbzo"), rate("loop"), rate("tuned loop")
+    bbzo, loop, tuned, onnx = rate("bbzo"), rate("loop"), rate("tuned loop"), rate("onnx loop")
     art = max((r.get("samples_per_s", 0) for k, r in results.items() if k.startswith("art")),
               default=0) or None
     http = results.get("bbzo over HTTP", {})
     return {"bbzo_vs_loop": bbzo / loop if bbzo and loop else None,
             "bbzo_vs_tuned_loop": bbzo / tuned if bbzo and tuned else None,
+            "bbzo_vs_onnx_loop": bbzo / onnx if bbzo and onnx else None,
             "bbzo_vs_art_best": bbzo / art if bbzo and art else None,
             "http_vs_server": http["samples_per_s"] / http["server_samples_per_s"]
             if "server_samples_per_s" in http else None}
@@ -301,6 +344,8 @@ def table(results: dict) -> str:
         if "server_samples_per_s" in r:
             rate += (f" ({r['samples_per_s'] / r['server_samples_per_s']:.2f} of the server's "
                      f"own {r['server_samples_per_s']:,.0f})")
+        if name == "bbzo" and r.get("backend"):
+            name += f" ({r['backend']} forward)"
         lines.append(f"| {name} | {rate} | {r['seconds_per_image']:.3f} | "
                      f"{r['cpu_us_per_sample']:,.0f} | "
                      f"{100 * r['gemm_fraction']:.1f} % | {r['peak_rss_mb']:,.0f} MB |")
@@ -331,8 +376,9 @@ def main() -> None:
         have_art = True
     except ImportError:
         have_art = False
-    names = {"bbzo": "bbzo", "http": "bbzo over HTTP", "loop": "loop", "tuned": "tuned loop"}
-    batches = {"loop": 1000, "tuned": TUNED_LOOP_BATCH}
+    names = {"bbzo": "bbzo", "bbzo-ts": "bbzo (torchscript forward)", "http": "bbzo over HTTP",
+             "loop": "loop", "tuned": "tuned loop", "onnx-loop": "onnx loop"}
+    batches = {"loop": 1000, "tuned": TUNED_LOOP_BATCH, "onnx-loop": TUNED_LOOP_BATCH}
     plan = [(names[m], m, batches.get(m, args.batch)) for m in names if m in args.methods]
     if have_art and "art" in args.methods:
         plan += [(f"art (batch {b})", "art", b) for b in sorted({32, 256, args.batch})]
@@ -366,6 +412,8 @@ def main() -> None:
           f"bbzo / loop = {ratio(report['bbzo_vs_loop'])} "
           f"{span(spread['bbzo_vs_loop'])}, bbzo / tuned loop = "
           f"{ratio(report['bbzo_vs_tuned_loop'])} {span(spread['bbzo_vs_tuned_loop'])}, "
+          f"bbzo / ONNX loop = "
+          f"{ratio(report['bbzo_vs_onnx_loop'])} {span(spread['bbzo_vs_onnx_loop'])}, "
           f"bbzo / best ART = "
           f"{ratio(report['bbzo_vs_art_best'])} {span(spread['bbzo_vs_art_best'])}\n")
     print(table(results))

@@ -159,6 +159,9 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     summary.update({"complete": len(records) == count and outcome.stopped is None,
                     "stopped": outcome.stopped, "errors": outcome.errors,
                     "sent_this_call": smoothed.sent, "cached_this_call": smoothed.cached,
+                    "forward": {"black_box": forward_backend(target),
+                                "preprocess": None if preprocess is None
+                                else "/".join(sorted(set(preprocess.backends.values())))},
                     "files": [results, "summary.json", "certified.png", "ledger.sqlite"]})
     if mode == "certify":
         plot_panels(run.own("certified.png"), {"certified accuracy": {
@@ -166,6 +169,14 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
             xlabel="ℓ2 radius", ylabel="certified accuracy")
     run.write_summary(summary)
     return summary
+
+
+def forward_backend(target: Target) -> str:
+    """What ran a black box's forward in this process: the tuned backend(s) of a tuned
+    ``TorchClassifier`` (``TunedForward.backends``), else ``module`` or ``remote``."""
+    if isinstance(target, TorchClassifier):
+        return "/".join(sorted(set(target.runner.backends.values()))) or "module"
+    return "remote"
 
 
 def read_certify_run(folder: str | Path) -> tuple[dict, list[dict]]:

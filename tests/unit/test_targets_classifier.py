@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from bbzo.blackbox.targets.classifier import (
     save_classifier,
 )
 from bbzo.blackbox.targets.spec import load_target
+from bbzo.blackbox.targets.tuned import OnnxGraph, TunedForward
 from bbzo.errors import InputError, PermanentError, TargetError, TransientError
 
 ARCH = '''
@@ -308,6 +310,50 @@ def test_tuning_falls_back_to_the_module_when_the_trace_would_be_wrong():
     assert t.runner.graphs == {(1, 2, 2): None}
     with pytest.raises(InputError, match="chunk"):
         TorchClassifier(DataDependent(), "dd", chunk=0)
+
+
+def small_cnn_and_images() -> tuple[torch.nn.Module, np.ndarray]:
+    from bbzo.defenses.models import small_cnn
+
+    torch.manual_seed(0)
+    return small_cnn(1, 28, 10, 8).eval(), \
+        np.random.default_rng(5).random((40, 1, 28, 28), dtype=np.float32)
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime", "torchscript"])
+def test_tuned_backends_agree_with_the_module(backend: str) -> None:
+    module, x = small_cnn_and_images()
+    tuned = TunedForward(module, chunk=16, threads=2, backend=backend)
+    got = tuned.parts([x[:7], x[7:]])  # 40 rows: chunks 16, 16, 8 (+ 8 zero rows)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x))
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert tuned.backends == {(1, 28, 28): "torchscript" if backend == "torchscript"
+                              else "onnxruntime"}  # onnxruntime: installed with [dev]
+    assert isinstance(tuned.graphs[(1, 28, 28)], OnnxGraph) == (backend != "torchscript")
+    tuned.close()
+
+
+def test_tuned_auto_falls_back_to_torchscript_without_onnxruntime(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    module, x = small_cnn_and_images()
+    auto = TunedForward(module, chunk=16, threads=1)
+    auto.parts([x])
+    only = TunedForward(module, chunk=16, threads=1, backend="onnxruntime")
+    only.parts([x])
+    assert (auto.backends, only.backends) == ({(1, 28, 28): "torchscript"},
+                                              {(1, 28, 28): "module"})
+    with pytest.raises(InputError, match="backend must be one of"):
+        TunedForward(module, backend="tensorrt")
+
+
+def test_no_backend_runs_a_module_with_data_dependent_control_flow() -> None:
+    for backend in ("onnxruntime", "torchscript"):
+        tuned = TunedForward(DataDependent(), chunk=4, backend=backend)
+        dark = np.full((4, 1, 2, 2), 0.1, np.float32)
+        assert torch.equal(tuned.parts([dark]), -torch.from_numpy(dark).flatten(1)[:, :3])
+        assert tuned.backends == {(1, 2, 2): "module"}
 
 
 def test_bbzo_server_switches_the_client_to_exact_base64_arrays():

@@ -149,17 +149,19 @@ class TorchClassifier(_Classifier):
         outputs: ``auto``, ``probs`` or ``logits`` (module doc).
         device: torch device; default CUDA when present, else CPU.
         max_batch: requests per call.
-        tune: run the forward as a frozen, inference-optimised TorchScript graph (CPU only;
-            ``TunedForward``: chunks of ``chunk`` inputs, on ``threads`` worker threads); falls
-            back to the plain module when the module does not trace or its trace disagrees
-            with it. Off by default: a traced module skips the module's Python code (hooks,
-            side effects).
-        chunk, threads: ``TunedForward``'s.
+        tune: run the forward as a compiled graph (CPU only; ``TunedForward``: ONNX Runtime
+            or a frozen TorchScript trace, chunks of ``chunk`` inputs on ``threads`` worker
+            threads); falls back to the plain module when the module does not trace or its
+            graph disagrees with it. Off by default: a traced module skips the module's Python
+            code (hooks, side effects).
+        chunk, threads, backend: ``TunedForward``'s (``backend``: what compiles the tuned
+            graph, ONNX Runtime when installed by default).
     """
 
     def __init__(self, module: torch.nn.Module, id: str, *, outputs: str = "auto",
                  device: str | None = None, max_batch: int = 64, tune: bool = False,
-                 chunk: int = TUNED_CHUNK, threads: int | None = None) -> None:
+                 chunk: int = TUNED_CHUNK, threads: int | None = None,
+                 backend: str = "auto") -> None:
         if not isinstance(module, torch.nn.Module):
             raise InputError(f"{id}: expected a torch nn.Module, got {type(module).__name__}")
         if outputs not in OUTPUTS:
@@ -170,7 +172,7 @@ class TorchClassifier(_Classifier):
         self.outputs = outputs
         self.max_batch = max_batch
         self.tune = tune
-        self.runner = TunedForward(self.module, chunk=chunk, threads=threads)
+        self.runner = TunedForward(self.module, chunk=chunk, threads=threads, backend=backend)
 
     @property
     def _tuned(self) -> bool:

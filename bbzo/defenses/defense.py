@@ -61,10 +61,11 @@ class Defense:
 
     def fast_preprocess(self, chunk: int = TUNED_CHUNK) -> TunedForward:
         """``preprocess`` for inference (certification): the denoiser (+ autoencoder) as one
-        ``TunedForward`` (traced, frozen and optimised once per input shape, checked against
-        the modules, run on ``chunk`` images at a time on worker threads; the plain modules
-        where tracing fails). Outputs equal ``preprocess``'s within ``TUNED_TOL``; call it on
-        CPU tensors, in ``eval`` mode; ``close()`` it when done."""
+        ``TunedForward`` (compiled once per input shape, by ONNX Runtime when installed, else
+        as a frozen TorchScript trace, checked against the modules, run on ``chunk`` images at
+        a time on worker threads; the plain modules where neither works). Outputs equal
+        ``preprocess``'s within ``TUNED_TOL``; call it on CPU tensors, in ``eval`` mode;
+        ``close()`` it when done."""
         return TunedForward(nn.Sequential(*self.modules()).eval(), chunk=chunk)
 
     def save(self, folder: str | Path, checkpoint: str = "") -> Path:

@@ -437,7 +437,7 @@ def test_cli_certify_then_compare(arch: str, images: str, tmp_path: Path) -> Non
     assert summary["queries"] == 4 * 110
     assert (tmp_path / "right" / "certified.png").stat().st_size > 0
     forward = json.loads((tmp_path / "brightness" / "summary.json").read_text())["forward"]
-    assert forward == {"black_box": "onnxruntime", "preprocess": None}  # tuned; [dev] has ORT
+    assert forward == {"black_box": "onnxruntime", "preprocess": None}  # tuned, ONNX Runtime
     result = runner.invoke(cli, ["defend", "compare", str(tmp_path / "right"),
                                  str(tmp_path / "brightness"), "--plot",
                                  str(tmp_path / "c.png"), "--json"])

@@ -329,7 +329,7 @@ def test_tuned_backends_agree_with_the_module(backend: str) -> None:
         expected = module(torch.from_numpy(x))
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert tuned.backends == {(1, 28, 28): "torchscript" if backend == "torchscript"
-                              else "onnxruntime"}  # onnxruntime: installed with [dev]
+                              else "onnxruntime"}  # onnxruntime: a bbzo dependency
     assert isinstance(tuned.graphs[(1, 28, 28)], OnnxGraph) == (backend != "torchscript")
     tuned.close()
 

@@ -7,8 +7,8 @@ straight from a list of arrays (``parts``), so their stack is never built. The g
 order tried (``backend="auto"``):
 
 - ``onnxruntime``: the module exported to ONNX and run by an ONNX Runtime session with one
-  thread (``onnx_forward``; needs the optional ``onnxruntime`` and ``onnx`` packages,
-  ``pip install 'bbzo[fast]'``): on this project's 2-core machine 1.4-1.5× the samples/s of the
+  thread (``onnx_forward``; ``onnxruntime`` and ``onnx``, bbzo dependencies, skipped where
+  they do not import): on this project's 2-core machine 1.4-1.5× the samples/s of the
   trace below for a 4.45 MFLOP CNN (fused convolutions and activations);
 - ``torchscript``: a frozen trace optimised for inference (oneDNN convolutions, folded
   constants; ``tuned_forward``);

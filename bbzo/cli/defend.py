@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from bbzo.blackbox.serve.app import DEFAULT_HOST
+from bbzo.blackbox.targets.tuned import BACKENDS
 from bbzo.cli.console import note, print_json, print_table, progress_bars
 from bbzo.cli.options import out_path, run_options
 from bbzo.errors import InputError
@@ -147,6 +148,10 @@ def _smoothing_options(command: Any) -> Any:
                           "not depend on it."),
         click.option("--max-queries", type=int, default=None,
                      help="Most black-box queries this call may send."),
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto",
+                     show_default=True,
+                     help="What runs a local classifier's and a defense's forward (auto: ONNX "
+                          "Runtime, else TorchScript; summary.json's 'forward' says which)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -155,7 +160,7 @@ def _smoothing_options(command: Any) -> Any:
 
 def _smooth(mode: str, model: str, blackbox: str | None, data: str, split: str,
             sigma: float | None, n0: int, n: int, alpha: float, limit: int | None,
-            batch: int, max_queries: int | None, out: Path | None, seed: int,
+            batch: int, max_queries: int | None, backend: str, out: Path | None, seed: int,
             resume: bool) -> tuple[dict, Path]:
     from bbzo.defenses.certify import certify_run
     from bbzo.defenses.defense import is_defense, load_defense
@@ -170,7 +175,7 @@ def _smooth(mode: str, model: str, blackbox: str | None, data: str, split: str,
             summary = certify_run(model, out=path, data=data, split=split, settings=settings,
                                   limit=limit, max_queries=max_queries, seed=seed,
                                   resume=resume, blackbox=blackbox, mode=mode,
-                                  progress=progress)
+                                  backend=backend, progress=progress)
     return summary, path
 
 

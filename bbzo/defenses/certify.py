@@ -25,6 +25,7 @@ from bbzo.blackbox.query.layer import QueryLayer
 from bbzo.blackbox.query.ledger import Ledger
 from bbzo.blackbox.targets.base import Target
 from bbzo.blackbox.targets.classifier import TorchClassifier
+from bbzo.blackbox.targets.tuned import BACKENDS
 from bbzo.defenses.data import check_name, load_dataset
 from bbzo.defenses.defense import Defense, resolve_model
 from bbzo.defenses.smoothing import SmoothedClassifier, SmoothingSettings, max_certifiable_radius
@@ -92,7 +93,7 @@ def curve(records: Sequence[dict], points: int = 101) -> tuple[list[float], list
 def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: str = "test",
                 settings: SmoothingSettings | None = None, limit: int | None = None,
                 max_queries: int | None = None, seed: int = 0, resume: bool = False,
-                blackbox: str | None = None, mode: str = "certify",
+                blackbox: str | None = None, mode: str = "certify", backend: str = "auto",
                 progress: Progress | None = None) -> dict[str, Any]:
     """CERTIFY (``mode="certify"``) or PREDICT every image of ``split`` (the first ``limit``).
 
@@ -105,11 +106,16 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
             defense's training σ when None is given for a defense).
         max_queries: most noisy inputs sent by this call (ledger answers are free).
         blackbox: replaces a defense's black-box spec.
+        backend: what compiles a local classifier's and a defense's forward
+            (``TunedForward``: ``auto``, ``onnxruntime`` or ``torchscript``); what ran is the
+            summary's ``forward``.
     Returns:
         The summary (also in ``summary.json``).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     settings = settings or SmoothingSettings()
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer, got {limit!r}")
@@ -122,6 +128,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     target, defense = resolve_model(model, blackbox=blackbox, max_batch=settings.batch)
     if isinstance(target, TorchClassifier):
         target.tune = True
+        target.runner.backend = backend
     check_fits(target, defense, images.x[0])
     count = len(images) if limit is None else min(limit, len(images))
     # What decides the results; the batch size and the budget may change on a resume.
@@ -131,7 +138,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
     run = RunFolder(out, resume=resume)
     run.write_config(options, seed)
     results = results_name(mode)
-    preprocess = None if defense is None else defense.fast_preprocess()
+    preprocess = None if defense is None else defense.fast_preprocess(backend=backend)
     try:
         with Ledger(run.own("ledger.sqlite")) as ledger:
             layer = QueryLayer(target, ledger=ledger, budget=max_queries)  # queries: noisy inputs

@@ -59,14 +59,14 @@ class Defense:
             out = self.autoencoder(out)
         return out
 
-    def fast_preprocess(self, chunk: int = TUNED_CHUNK) -> TunedForward:
+    def fast_preprocess(self, chunk: int = TUNED_CHUNK, backend: str = "auto") -> TunedForward:
         """``preprocess`` for inference (certification): the denoiser (+ autoencoder) as one
         ``TunedForward`` (compiled once per input shape, by ONNX Runtime when installed, else
         as a frozen TorchScript trace, checked against the modules, run on ``chunk`` images at
         a time on worker threads; the plain modules where neither works). Outputs equal
         ``preprocess``'s within ``TUNED_TOL``; call it on CPU tensors, in ``eval`` mode;
-        ``close()`` it when done."""
-        return TunedForward(nn.Sequential(*self.modules()).eval(), chunk=chunk)
+        ``close()`` it when done. ``backend``: ``TunedForward``'s."""
+        return TunedForward(nn.Sequential(*self.modules()).eval(), chunk=chunk, backend=backend)
 
     def save(self, folder: str | Path, checkpoint: str = "") -> Path:
         """Write the folder (module doc); ``checkpoint`` prefixes the weight files."""

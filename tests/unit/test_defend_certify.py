@@ -425,6 +425,25 @@ def test_no_probabilities_is_a_one_line_error(tmp_path: Path, images: str) -> No
     assert not (tmp_path / "run").exists()
 
 
+def test_backend_picks_the_forward_and_keeps_the_certificates(arch: str, images: str,
+                                                              tmp_path: Path) -> None:
+    runs = {}
+    for backend in ("torchscript", "onnxruntime"):
+        result = CliRunner().invoke(cli, [
+            "defend", "certify", "--model", f"torch:{arch}:brightness", "--data", images,
+            "--n0", "10", "--n", "100", "--limit", "4", "--backend", backend,
+            "--out", str(tmp_path / backend)])
+        assert result.exit_code == 0, result.output
+        forward = json.loads((tmp_path / backend / "summary.json").read_text())["forward"]
+        assert forward == {"black_box": backend, "preprocess": None}
+        runs[backend] = records(tmp_path / backend)
+    assert runs["torchscript"] == runs["onnxruntime"]
+    with pytest.raises(InputError, match="backend must be one of"):
+        certify_run(f"torch:{arch}:brightness", out=tmp_path / "bad", data=images,
+                    settings=settings(), backend="tvm")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_certify_then_compare(arch: str, images: str, tmp_path: Path) -> None:
     runner = CliRunner()
     for name in ("right", "brightness"):

@@ -128,7 +128,7 @@ def run_bbzo(n: int, images: int, batch: int, backend: str = "auto") -> dict:
         for i in range(images):
             smoothed.certify(x[i], i)
         return {**elapsed(start), "setup_seconds": setup,
-                "backend": "/".join(sorted(set(target.runner.backends.values())))}
+                "backend": target.runner.ran}
 
 
 def run_bbzo_torchscript(n: int, images: int, batch: int) -> dict:

@@ -167,8 +167,7 @@ def certify_run(model: str, *, out: str | Path, data: str = "mnist5k", split: st
                     "stopped": outcome.stopped, "errors": outcome.errors,
                     "sent_this_call": smoothed.sent, "cached_this_call": smoothed.cached,
                     "forward": {"black_box": forward_backend(target),
-                                "preprocess": None if preprocess is None
-                                else "/".join(sorted(set(preprocess.backends.values())))},
+                                "preprocess": None if preprocess is None else preprocess.ran},
                     "files": [results, "summary.json", "certified.png", "ledger.sqlite"]})
     if mode == "certify":
         plot_panels(run.own("certified.png"), {"certified accuracy": {
@@ -182,7 +181,7 @@ def forward_backend(target: Target) -> str:
     """What ran a black box's forward in this process: the tuned backend(s) of a tuned
     ``TorchClassifier`` (``TunedForward.backends``), else ``module`` or ``remote``."""
     if isinstance(target, TorchClassifier):
-        return "/".join(sorted(set(target.runner.backends.values()))) or "module"
+        return target.runner.ran or "module"
     return "remote"
 
 

@@ -233,6 +233,11 @@ class TunedForward:
             workers = self._workers
         return torch.cat(workers.map(run, starts))
 
+    @property
+    def ran(self) -> str:
+        """What has run so far: the ``backends`` used, joined by "/" ("" before any call)."""
+        return "/".join(sorted(set(self.backends.values())))
+
     def _compile(self, example: torch.Tensor) -> tuple[Graph | None, str]:
         """The first graph of the ``backend``'s order that builds and agrees with the module
         on ``example``, and its backend's name; (None, "module") when none does."""

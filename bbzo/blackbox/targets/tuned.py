@@ -46,24 +46,35 @@ def _agrees(got: object, expected: object) -> bool:
         and torch.allclose(got.float(), expected.float(), rtol=TUNED_TOL, atol=TUNED_TOL)
 
 
-def tuned_forward(module: torch.nn.Module, example: torch.Tensor) -> Graph | None:
-    """``module`` traced on ``example`` (batch, *input_shape), frozen and optimised for CPU
-    inference (oneDNN convolutions, folded constants), for inputs shaped like ``example``
-    only (a trace may fix the batch size). None when tracing warns (Python control flow or
-    sizes read from the data), fails, or the graph's output differs from the module's on
-    ``example`` (beyond ``TUNED_TOL``)."""
+def _checked(module: torch.nn.Module, example: torch.Tensor,
+             compile_graph: Callable[[torch.nn.Module, torch.Tensor], Graph]) -> Graph | None:
+    """``compile_graph(module, example)``, or None when it warns while tracing (Python control
+    flow or sizes read from the data: ``TracerWarning``), fails, or its output differs from
+    the module's on ``example`` (beyond ``TUNED_TOL``)."""
     example = example.contiguous()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # e.g. the ONNX export's deprecation notices
         warnings.simplefilter("error", torch.jit.TracerWarning)
         try:
             expected = module(example)
-            graph = torch.jit.optimize_for_inference(torch.jit.trace(module, example))
-            graph(example)  # warm-up: the first runs of a TorchScript graph specialise it
+            graph = compile_graph(module, example)
             got = graph(example)
-        except Exception:  # noqa: BLE001 - any failure means: run the module as it is
+        except Exception:  # noqa: BLE001 - any failure means: try the next backend
             return None
     return graph if _agrees(got, expected) else None
+
+
+def _trace(module: torch.nn.Module, example: torch.Tensor) -> Graph:
+    graph = torch.jit.optimize_for_inference(torch.jit.trace(module, example))
+    graph(example)  # warm-up: the first runs of a TorchScript graph specialise it
+    return graph
+
+
+def tuned_forward(module: torch.nn.Module, example: torch.Tensor) -> Graph | None:
+    """``module`` traced on ``example`` (batch, *input_shape), frozen and optimised for CPU
+    inference (oneDNN convolutions, folded constants), for inputs shaped like ``example``
+    only (a trace may fix the batch size); None where ``_checked`` says so."""
+    return _checked(module, example, _trace)
 
 
 class OnnxGraph:
@@ -79,37 +90,29 @@ class OnnxGraph:
 def onnx_forward(module: torch.nn.Module, example: torch.Tensor) -> Graph | None:
     """``module`` exported to ONNX on ``example`` (batch, *input_shape; float32) and run by an
     ONNX Runtime session with one thread and every graph optimisation, for inputs shaped like
-    ``example`` only. The export traces the module, so None, as for ``tuned_forward``, when
-    tracing warns (Python control flow or sizes read from the data); also when
-    ``onnxruntime`` or ``onnx`` is not installed, the input is not float32, the export or the
-    session fails, or its output differs from the module's on ``example`` (``TUNED_TOL``)."""
+    ``example`` only. The export traces the module, so None where ``_checked`` says so, as for
+    ``tuned_forward``; also when ``onnxruntime`` or ``onnx`` is not installed or the input is
+    not float32."""
     if example.dtype != torch.float32:
         return None
     try:
         import onnxruntime
     except ImportError:
         return None
-    example = example.contiguous()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the export's own deprecation notices
-        warnings.simplefilter("error", torch.jit.TracerWarning)  # as ``tuned_forward``
-        try:
-            expected = module(example)
-            exported = io.BytesIO()
-            torch.onnx.export(module, (example,), exported, dynamo=False,
-                              input_names=["inputs"], output_names=["outputs"])
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
-            options.graph_optimization_level = \
-                onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3  # errors only
-            session = onnxruntime.InferenceSession(exported.getvalue(), options,
-                                                   providers=["CPUExecutionProvider"])
-            graph = OnnxGraph(session, "inputs")
-            got = graph(example)
-        except Exception:  # noqa: BLE001 - any failure means: try the next backend
-            return None
-    return graph if _agrees(got, expected) else None
+
+    def session(module: torch.nn.Module, example: torch.Tensor) -> Graph:
+        exported = io.BytesIO()
+        torch.onnx.export(module, (example,), exported, dynamo=False,
+                          input_names=["inputs"], output_names=["outputs"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        return OnnxGraph(onnxruntime.InferenceSession(exported.getvalue(), options,
+                                                      providers=["CPUExecutionProvider"]),
+                         "inputs")
+
+    return _checked(module, example, session)
 
 
 class ChunkWorkers:
